@@ -1,0 +1,38 @@
+"""Build and runtime configuration report (numpy.show_config style)."""
+import importlib.util
+import json
+import platform
+
+import numpy as np
+
+from cyfed import _simd
+
+
+def show_config(mode="stdout"):
+    """Print (mode="stdout") or return (mode="dicts") how cyfed is built and runs.
+
+    Includes the SIMD build picked for this CPU (override: CYFED_SIMD), the
+    builds installed, OpenMP and its default thread count, and whether mpi4py
+    is importable.
+    """
+    from cyfed import __version__, gradients
+
+    kernels = gradients._kernels
+    installed = [lvl for lvl in _simd.LEVELS
+                 if importlib.util.find_spec(f"cyfed._losses{_simd._SUFFIX[lvl]}") is not None]
+    info = {
+        "cyfed": __version__,
+        "simd": {"selected": gradients.SIMD_LEVEL, "cpu_supports": _simd.cpu_level(),
+                 "installed": installed},
+        "openmp": {"enabled": kernels.have_openmp(), "max_threads": kernels.max_threads()},
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "machine": platform.machine(),
+        "mpi4py": importlib.util.find_spec("mpi4py") is not None,
+    }
+    if mode == "dicts":
+        return info
+    if mode != "stdout":
+        raise ValueError(f"mode must be 'stdout' or 'dicts', got {mode!r}")
+    print(json.dumps(info, indent=2))
+    return None

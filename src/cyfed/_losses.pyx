@@ -1,0 +1,329 @@
+"""Fused loss/gradient kernels (compiled; validated by cyfed.gradients).
+
+One pass over the rows of X: for a block of rows, the margins z = x.theta + b
+are computed, turned into the loss and the gradient multipliers r = w dl/dz by
+a link, and r x is accumulated while the block is still in cache.  Each thread
+takes a contiguous range of blocks and its own double accumulator; the per-thread
+sums are added in thread order at the end.
+
+Returned are sums, not means: sum_i w_i l_i, sum_i w_i, and into grad_out
+sum_i w_i dl_i/dtheta (then the intercept part).  Means and the L2 term are the
+caller's business, which is what a distributed trainer needs for its Allreduce.
+"""
+from cython cimport floating
+from cython.parallel cimport prange
+
+import numpy as np
+
+cdef extern from "_vector_math.h" nogil:
+    int cyfed_max_threads()
+    int cyfed_have_openmp()
+    void cyfed_dot4_d(const double*, const double*, const double*, const double*,
+                      const double*, Py_ssize_t, double*)
+    void cyfed_dot4_f(const float*, const float*, const float*, const float*,
+                      const float*, Py_ssize_t, float*)
+    void cyfed_axpy4_d(double*, const double*, const double*, const double*,
+                       const double*, const double*, Py_ssize_t)
+    void cyfed_axpy4_f(double*, const float*, const float*, const float*,
+                       const float*, const float*, Py_ssize_t)
+    void cyfed_gemv4_d(const double*, const double*, const double*, const double*,
+                       const double*, Py_ssize_t, Py_ssize_t, double*)
+    void cyfed_gemv4_f(const float*, const float*, const float*, const float*,
+                       const float*, Py_ssize_t, Py_ssize_t, float*)
+    void cyfed_ger4_d(double*, const double*, const double*, const double*,
+                      const double*, const double*, Py_ssize_t, Py_ssize_t)
+    void cyfed_ger4_f(double*, const float*, const float*, const float*,
+                      const float*, const float*, Py_ssize_t, Py_ssize_t)
+    double cyfed_link_squared_d(double*, const double*, const double*, Py_ssize_t)
+    double cyfed_link_squared_f(float*, const float*, const float*, Py_ssize_t)
+    double cyfed_link_logistic_d(double*, const double*, const double*, Py_ssize_t)
+    double cyfed_link_logistic_f(float*, const float*, const float*, Py_ssize_t)
+    double cyfed_link_softmax_d(double*, const double*, const double*, Py_ssize_t, Py_ssize_t)
+    double cyfed_link_softmax_f(float*, const float*, const float*, Py_ssize_t, Py_ssize_t)
+
+cpdef enum LossKind:
+    SQUARED = 0
+    LOGISTIC = 1
+    SOFTMAX = 2
+
+cpdef enum Status:
+    OK = 0
+    BAD_LABEL = 1          # label not in {0, 1} (logistic) or 0..k-1 (softmax)
+    NEGATIVE_WEIGHT = 2    # sample_weight < 0
+    BAD_ROW = 3            # row index outside [0, n)
+
+# Rows of X per block: the block stays in L2 between the margin and gradient passes.
+cdef Py_ssize_t BLOCK_BYTES = 64 * 1024
+cdef Py_ssize_t MAX_BLOCK_ROWS = 256
+# Below this many multiply-adds a call runs on one thread (fork/join costs more).
+cdef Py_ssize_t MIN_WORK_PER_THREAD = 1 << 15
+
+
+def have_openmp():
+    """True when the kernels were compiled with OpenMP."""
+    return bool(cyfed_have_openmp())
+
+
+def max_threads():
+    """Threads a kernel uses by default (OpenMP's max, honours OMP_NUM_THREADS)."""
+    return cyfed_max_threads()
+
+
+cdef inline void dot4(const floating **x, const floating *c, Py_ssize_t n,
+                      floating *out) noexcept nogil:
+    if floating is double:
+        cyfed_dot4_d(x[0], x[1], x[2], x[3], c, n, out)
+    else:
+        cyfed_dot4_f(x[0], x[1], x[2], x[3], c, n, out)
+
+
+cdef inline void axpy4(double *acc, const floating *r, const floating **x,
+                       Py_ssize_t n) noexcept nogil:
+    if floating is double:
+        cyfed_axpy4_d(acc, r, x[0], x[1], x[2], x[3], n)
+    else:
+        cyfed_axpy4_f(acc, r, x[0], x[1], x[2], x[3], n)
+
+
+cdef inline void gemv4(const floating **x, const floating *W, Py_ssize_t d, Py_ssize_t k,
+                       floating *z) noexcept nogil:
+    if floating is double:
+        cyfed_gemv4_d(x[0], x[1], x[2], x[3], W, d, k, z)
+    else:
+        cyfed_gemv4_f(x[0], x[1], x[2], x[3], W, d, k, z)
+
+
+cdef inline void ger4(double *G, const floating **x, const floating *R, Py_ssize_t d,
+                      Py_ssize_t k) noexcept nogil:
+    if floating is double:
+        cyfed_ger4_d(G, x[0], x[1], x[2], x[3], R, d, k)
+    else:
+        cyfed_ger4_f(G, x[0], x[1], x[2], x[3], R, d, k)
+
+
+cdef inline double link(int kind, floating *z, const floating *y, const floating *w,
+                        Py_ssize_t m, Py_ssize_t k) noexcept nogil:
+    if floating is double:
+        if kind == SQUARED:
+            return cyfed_link_squared_d(z, y, w, m)
+        if kind == LOGISTIC:
+            return cyfed_link_logistic_d(z, y, w, m)
+        return cyfed_link_softmax_d(z, y, w, m, k)
+    else:
+        if kind == SQUARED:
+            return cyfed_link_squared_f(z, y, w, m)
+        if kind == LOGISTIC:
+            return cyfed_link_logistic_f(z, y, w, m)
+        return cyfed_link_softmax_f(z, y, w, m, k)
+
+
+cdef Py_ssize_t block_rows(Py_ssize_t d, Py_ssize_t itemsize) noexcept nogil:
+    """Rows per block: a multiple of 4 in [4, MAX_BLOCK_ROWS]."""
+    cdef Py_ssize_t b = BLOCK_BYTES // (d * itemsize)
+    if b > MAX_BLOCK_ROWS:
+        b = MAX_BLOCK_ROWS
+    b -= b % 4
+    return b if b >= 4 else 4
+
+
+cdef Py_ssize_t choose_threads(Py_ssize_t requested, Py_ssize_t n_blocks,
+                               Py_ssize_t work) noexcept nogil:
+    cdef Py_ssize_t nt = requested
+    if nt > n_blocks:
+        nt = n_blocks
+    if nt > 1 and work < MIN_WORK_PER_THREAD * nt:
+        nt = work // MIN_WORK_PER_THREAD
+    return nt if nt >= 1 else 1
+
+
+cdef int gather_block(int kind, Py_ssize_t n, Py_ssize_t d, Py_ssize_t k,
+                      const floating *y, const floating *sw, const Py_ssize_t *rows,
+                      Py_ssize_t start, Py_ssize_t m, const floating *X,
+                      const floating **xp, floating *yb, floating *wb,
+                      double *wsum, Py_ssize_t *bad) noexcept nogil:
+    """Collect row pointers, labels and weights of one block, validating them.
+
+    Pads the block to a multiple of 4 with weight-0 copies of its first row.
+    """
+    cdef Py_ssize_t i, row, label
+    cdef floating yv, wv
+    for i in range(m):
+        row = rows[start + i] if rows != NULL else start + i
+        if row < 0 or row >= n:
+            bad[0] = start + i
+            return BAD_ROW
+        yv = y[row]
+        if kind == LOGISTIC:
+            if yv != 0 and yv != 1:
+                bad[0] = row
+                return BAD_LABEL
+        elif kind == SOFTMAX:
+            label = <Py_ssize_t>yv if (yv >= 0 and yv < k) else -1
+            if label < 0 or label != yv:
+                bad[0] = row
+                return BAD_LABEL
+        wv = sw[row] if sw != NULL else 1
+        if wv < 0:
+            bad[0] = row
+            return NEGATIVE_WEIGHT
+        xp[i] = X + row * d
+        yb[i] = yv
+        wb[i] = wv
+        wsum[0] += wv
+    for i in range(m, (m + 3) & ~3):
+        xp[i] = xp[0]
+        yb[i] = 0
+        wb[i] = 0
+    return OK
+
+
+cdef int run_blocks(int kind, const floating *X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t k,
+                    const floating *y, const floating *sw, const Py_ssize_t *rows,
+                    Py_ssize_t n_rows, Py_ssize_t B, Py_ssize_t b0, Py_ssize_t b1,
+                    const floating *coef, const floating *intercept,
+                    floating *zb, floating *yb, floating *wb, const floating **xp,
+                    double *gacc, double *sums, Py_ssize_t *bad) noexcept nogil:
+    """Loss and gradient sums over blocks b0..b1-1 into this thread's gacc/sums."""
+    cdef Py_ssize_t blk, start, m, mp, i, c
+    cdef Py_ssize_t dk = d * k
+    cdef int status
+    cdef double loss = 0.0, wsum = 0.0
+    for blk in range(b0, b1):
+        start = blk * B
+        m = n_rows - start if n_rows - start < B else B
+        mp = (m + 3) & ~3
+        status = gather_block(kind, n, d, k, y, sw, rows, start, m, X, xp, yb, wb,
+                              &wsum, bad)
+        if status != OK:
+            return status
+        for i in range(0, mp, 4):
+            if kind == SOFTMAX:
+                for c in range(4 * k):
+                    zb[i * k + c] = intercept[c % k] if intercept != NULL else 0
+                gemv4(xp + i, coef, d, k, zb + i * k)
+            else:
+                dot4(xp + i, coef, d, zb + i)
+                if intercept != NULL:
+                    for c in range(4):
+                        zb[i + c] += intercept[0]
+        loss += link(kind, zb, yb, wb, mp, k)
+        for i in range(0, mp, 4):
+            if kind == SOFTMAX:
+                ger4(gacc, xp + i, zb + i * k, d, k)
+            else:
+                axpy4(gacc, zb + i, xp + i, d)
+        if intercept != NULL:
+            for i in range(mp):
+                for c in range(k):
+                    gacc[dk + c] += zb[i * k + c]
+    sums[0] = loss
+    sums[1] = wsum
+    return OK
+
+
+def loss_grad_sums(int kind, const floating[:, ::1] X, const floating[::1] y,
+                   const floating[:, ::1] coef, const floating[::1] intercept,
+                   const floating[::1] sample_weight, const Py_ssize_t[::1] rows,
+                   double[::1] grad_out, int n_threads):
+    """Weighted loss and gradient sums of one loss over the rows of X.
+
+    Parameters (validated by the caller)
+    ----------
+    kind : SQUARED, LOGISTIC or SOFTMAX.
+    X : (n, d);  y : (n,) labels/targets in X's dtype;  coef : (d, k), k = 1
+        unless softmax;  intercept : (k,) or empty for none;  sample_weight :
+        (n,) or empty for unit weights;  rows : row indices, or empty for all
+        rows;  grad_out : (d*k + k,) float64, overwritten with
+        sum_i w_i dl_i/d(coef, intercept);  n_threads >= 1.
+
+    Returns
+    -------
+    (loss_sum, weight_sum, status, bad_index): status is OK or the first
+    problem a thread met (BAD_LABEL / NEGATIVE_WEIGHT at row bad_index,
+    BAD_ROW at position bad_index of rows).
+    """
+    cdef Py_ssize_t n = X.shape[0], d = X.shape[1], k = coef.shape[1]
+    cdef Py_ssize_t n_rows = rows.shape[0] if rows.shape[0] > 0 else n
+    cdef Py_ssize_t dk = d * k
+    cdef Py_ssize_t B = block_rows(d * k, sizeof(floating))
+    cdef Py_ssize_t n_blocks = (n_rows + B - 1) // B
+    cdef Py_ssize_t nt = choose_threads(n_threads, n_blocks, n_rows * dk)
+    cdef Py_ssize_t stride = (dk + k + 7) & ~7     # one cache line apart per thread
+    grad_out[:] = 0
+    if n_rows == 0 or n == 0:
+        return 0.0, 0.0, OK, -1
+
+    dtype = np.float32 if floating is float else np.float64
+    cdef floating[:, ::1] zbuf = np.empty((nt, (B + 4) * k), dtype=dtype)
+    cdef floating[:, ::1] ybuf = np.empty((nt, B + 4), dtype=dtype)
+    cdef floating[:, ::1] wbuf = np.empty((nt, B + 4), dtype=dtype)
+    cdef size_t[:, ::1] xptr = np.empty((nt, B + 4), dtype=np.uintp)   # row pointers
+    cdef double[:, ::1] gacc = np.zeros((nt, stride), dtype=np.float64)
+    cdef double[:, ::1] sums = np.zeros((nt, 8), dtype=np.float64)
+    cdef int[::1] status = np.zeros(nt, dtype=np.intc)
+    cdef Py_ssize_t[::1] bad = np.full(nt, -1, dtype=np.intp)
+
+    cdef const floating *Xp = &X[0, 0]
+    cdef const floating *ic = &intercept[0] if intercept.shape[0] > 0 else NULL
+    cdef const floating *swp = &sample_weight[0] if sample_weight.shape[0] > 0 else NULL
+    cdef const Py_ssize_t *rp = &rows[0] if rows.shape[0] > 0 else NULL
+    cdef Py_ssize_t t, j
+    for t in prange(nt, nogil=True, num_threads=nt, schedule="static", chunksize=1):
+        status[t] = run_blocks(
+            kind, Xp, n, d, k, &y[0], swp, rp, n_rows, B,
+            t * n_blocks // nt, (t + 1) * n_blocks // nt, &coef[0, 0], ic,
+            &zbuf[t, 0], &ybuf[t, 0], &wbuf[t, 0], <const floating **>&xptr[t, 0],
+            &gacc[t, 0], &sums[t, 0], &bad[t])
+
+    for t in range(nt):
+        if status[t] != OK:
+            return 0.0, 0.0, status[t], bad[t]
+    cdef double loss = 0.0, wsum = 0.0
+    for t in range(nt):
+        loss += sums[t, 0]
+        wsum += sums[t, 1]
+        if t > 0:
+            for j in range(dk + k):
+                gacc[0, j] += gacc[t, j]
+    grad_out[:] = gacc[0, :dk + k]
+    return loss, wsum, OK, -1
+
+
+def margins(const floating[:, ::1] X, const floating[:, ::1] coef,
+            const floating[::1] intercept, floating[:, ::1] out, int n_threads):
+    """out = X @ coef + intercept, shapes (n, d) @ (d, k) -> (n, k); intercept may be empty."""
+    cdef Py_ssize_t n = X.shape[0], d = X.shape[1], k = coef.shape[1]
+    cdef Py_ssize_t n_quads = (n + 3) // 4
+    cdef Py_ssize_t nt = choose_threads(n_threads, n_quads, n * d * k)
+    if n == 0:
+        return
+    dtype = np.float32 if floating is float else np.float64
+    cdef floating[:, ::1] zbuf = np.empty((nt, 4 * k), dtype=dtype)
+    cdef const floating *ic = &intercept[0] if intercept.shape[0] > 0 else NULL
+    cdef Py_ssize_t t
+    for t in prange(nt, nogil=True, num_threads=nt, schedule="static", chunksize=1):
+        margins_range(&X[0, 0], n, d, k, &coef[0, 0], ic, &out[0, 0], &zbuf[t, 0],
+                      t * n_quads // nt, (t + 1) * n_quads // nt)
+
+
+cdef void margins_range(const floating *X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t k,
+                        const floating *coef, const floating *intercept, floating *out,
+                        floating *z, Py_ssize_t q0, Py_ssize_t q1) noexcept nogil:
+    """Margins of rows 4*q0 .. 4*q1-1 (clipped to n), four rows at a time."""
+    cdef const floating *xp[4]
+    cdef Py_ssize_t q, u, c, i
+    for q in range(q0, q1):
+        for u in range(4):
+            i = 4 * q + u
+            xp[u] = X + (i if i < n else n - 1) * d
+        if k == 1:
+            dot4(xp, coef, d, z)
+        else:
+            for c in range(4 * k):
+                z[c] = 0
+            gemv4(xp, coef, d, k, z)
+        for u in range(4):
+            i = 4 * q + u
+            if i < n:
+                for c in range(k):
+                    out[i * k + c] = z[u * k + c] + (intercept[c] if intercept != NULL else 0)

@@ -1,0 +1,78 @@
+"""Argument checks shared by the public wrappers (run before any nogil code)."""
+import numbers
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def real_array(a, name):
+    """`a` as an ndarray: float32/float64 kept, integer/bool -> float64, else TypeError."""
+    arr = np.asarray(a)
+    if arr.dtype in FLOAT_DTYPES:
+        return arr
+    if arr.dtype.kind in "biu":
+        return arr.astype(np.float64)
+    raise TypeError(f"{name} must be a float32, float64, integer or bool array, "
+                    f"got dtype {arr.dtype}")
+
+
+def matrix(a, name, *, allow_empty=False):
+    """A C-contiguous 2-d float array (copied once if strided or Fortran-ordered)."""
+    arr = real_array(a, name)
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be a 2-d array of shape (n_samples, n_features), "
+                         f"got shape {arr.shape}")
+    if arr.shape[1] == 0 or (arr.shape[0] == 0 and not allow_empty):
+        raise ValueError(f"{name} must have at least one row and one column, "
+                         f"got shape {arr.shape}")
+    return np.ascontiguousarray(arr)
+
+
+def vector(a, name, length, dtype):
+    """A C-contiguous 1-d array of `length` in `dtype`."""
+    arr = real_array(a, name)
+    if arr.ndim != 1 or arr.shape[0] != length:
+        raise ValueError(f"{name} must have shape ({length},), got shape {arr.shape}")
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def finite(arr, name):
+    """Raise ValueError if `arr` holds NaN or infinity, naming the first bad entry."""
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        where = idx[0] if len(idx) == 1 else idx
+        raise ValueError(f"{name} contains NaN or infinity ({name}[{where}] = {arr[idx]})")
+    return arr
+
+
+def nonnegative_float(value, name):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not np.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    return value
+
+
+def n_threads(value, default):
+    """None -> `default`; otherwise an int >= 1."""
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"n_threads must be an int >= 1 or None, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"n_threads must be >= 1 or None, got {value}")
+    return int(value)
+
+
+def row_indices(rows, n):
+    """Row indices as a C-contiguous intp array (range is checked in the kernel)."""
+    arr = np.asarray(rows)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"rows must be an integer array of row indices, got dtype {arr.dtype}")
+    if arr.ndim != 1 or arr.shape[0] == 0:
+        raise ValueError(f"rows must be a non-empty 1-d array of indices into X's {n} rows, "
+                         f"got shape {arr.shape}")
+    return np.ascontiguousarray(arr, dtype=np.intp)

@@ -1,0 +1,200 @@
+"""Loss values, gradients and predictions of linear models (validating front end).
+
+Models, for X of shape (n, d), weights w_i >= 0 with W = sum_i w_i:
+
+* ``"squared"``:  z_i = x_i.theta + b,  l_i = (z_i - y_i)^2  (the seed's
+  convention: gradient 2/n X^T (X theta - y) with unit weights).
+* ``"logistic"``: y_i in {0, 1},  l_i = log(1 + e^{z_i}) - y_i z_i.
+* ``"softmax"``:  theta of shape (d, k), y_i in 0..k-1,
+  l_i = logsumexp(z_i) - z_{i, y_i}  with z_i = x_i theta + b in R^k.
+
+value = (1/W) sum_i w_i l_i + (l2/2) ||theta||^2 (the intercept is not
+penalised).  All of it is computed in one fused pass over X by the compiled
+kernels; this module checks and coerces the arguments first.
+
+The working dtype is X's: float32 and float64 are kept, integer and bool X
+become float64; y, coef, intercept and sample_weight are cast to it and the
+gradients come back in it.  Sums are accumulated in float64 either way.
+"""
+import numpy as np
+
+from cyfed import _validation as check
+from cyfed._simd import load
+
+_kernels, SIMD_LEVEL = load("_losses")
+Kind, Status = _kernels.LossKind, _kernels.Status
+
+LOSSES = {"squared": Kind.SQUARED, "logistic": Kind.LOGISTIC, "softmax": Kind.SOFTMAX}
+
+
+def _loss_kind(loss):
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {loss!r}")
+    return LOSSES[loss]
+
+
+def _coef_2d(coef, kind, d, dtype):
+    """coef as a (d, k) array in dtype: (d,) for squared/logistic, (d, k>=2) for softmax."""
+    arr = check.real_array(coef, "coef")
+    if kind == Kind.SOFTMAX:
+        if arr.ndim != 2 or arr.shape[0] != d or arr.shape[1] < 2:
+            raise ValueError(f"coef must have shape ({d}, n_classes) with n_classes >= 2 "
+                             f"for the softmax loss, got shape {arr.shape}")
+    elif arr.shape != (d,):
+        raise ValueError(f"coef must have shape ({d},) (one weight per column of X), "
+                         f"got shape {arr.shape}")
+    arr = check.finite(np.ascontiguousarray(arr, dtype=dtype), "coef")
+    return arr.reshape(d, -1)
+
+
+def _intercept(intercept, k, dtype):
+    """intercept as a (k,) array (empty when None): a scalar, or (k,) for softmax."""
+    if intercept is None:
+        return np.empty(0, dtype=dtype)
+    arr = check.real_array(intercept, "intercept")
+    expected = (k,) if k > 1 else ()
+    if arr.shape != expected and not (k == 1 and arr.shape == (1,)):
+        raise ValueError(f"intercept must have shape {expected}, got shape {arr.shape}")
+    return check.finite(np.ascontiguousarray(arr, dtype=dtype).reshape(k), "intercept")
+
+
+def _raise_kernel_status(status, bad, kind, k, y, sample_weight, rows, n):
+    if status == Status.BAD_LABEL:
+        if kind == Kind.LOGISTIC:
+            raise ValueError(f"y must hold labels 0 or 1 for the logistic loss; "
+                             f"y[{bad}] = {y[bad]}")
+        raise ValueError(f"y must hold integer class labels in [0, {k}) for the softmax "
+                         f"loss (k = coef.shape[1]); y[{bad}] = {y[bad]}")
+    if status == Status.NEGATIVE_WEIGHT:
+        raise ValueError(f"sample_weight must be >= 0; sample_weight[{bad}] = "
+                         f"{sample_weight[bad]}")
+    if status == Status.BAD_ROW:
+        raise ValueError(f"rows must index rows of X in [0, {n}); rows[{bad}] = {rows[bad]}")
+    raise RuntimeError(f"unknown kernel status {status}")
+
+
+def _raise_non_finite(what, X, y, sample_weight, rows):
+    """A non-finite result: name the input that caused it, or call it an overflow."""
+    used = X if rows is None else X[rows]
+    check.finite(used, "X" if rows is None else "X[rows]")
+    check.finite(y if rows is None else y[rows], "y" if rows is None else "y[rows]")
+    if sample_weight is not None:
+        check.finite(sample_weight, "sample_weight")
+    raise FloatingPointError(f"the {what} overflowed to infinity although every input is "
+                             f"finite; rescale X, y or coef")
+
+
+def loss_grad(loss, X, y, coef, intercept=None, *, l2=0.0, sample_weight=None, rows=None,
+              n_threads=None):
+    """Loss value and gradient of a linear model, in one fused pass over X.
+
+    Parameters
+    ----------
+    loss : {"squared", "logistic", "softmax"}
+    X : array of shape (n, d)
+    y : array of shape (n,)
+        Targets (squared), labels 0/1 (logistic) or class ids 0..k-1 (softmax).
+    coef : array of shape (d,), or (d, k) with k >= 2 for softmax
+    intercept : float, array of shape (k,) for softmax, or None for no intercept
+    l2 : float >= 0
+        Adds (l2/2) ||coef||^2 to the value and l2 * coef to the gradient.
+    sample_weight : array of shape (n,) with entries >= 0 and a positive sum, or None
+    rows : integer array of row indices, or None for all rows
+        Evaluate on X[rows] (a mini-batch, repeats allowed) without copying X.
+    n_threads : int >= 1, or None for OpenMP's default (OMP_NUM_THREADS or all cores)
+
+    Returns
+    -------
+    value : float
+    grad_coef : array shaped like coef, in the working dtype
+    grad_intercept : scalar (k = 1) or array of shape (k,), or None without intercept
+
+    Raises
+    ------
+    TypeError for non-numeric arrays; ValueError for wrong shapes, labels out of
+    range, negative weights, NaN/Inf inputs (naming the argument);
+    FloatingPointError when finite inputs overflow.
+    """
+    kind = _loss_kind(loss)
+    X = check.matrix(X, "X")
+    n, d = X.shape
+    dtype = X.dtype
+    y = check.vector(y, "y", n, dtype)
+    coef_in_shape = np.shape(coef)
+    coef2d = _coef_2d(coef, kind, d, dtype)
+    k = coef2d.shape[1]
+    b = _intercept(intercept, k, dtype)
+    sw = (np.empty(0, dtype=dtype) if sample_weight is None
+          else check.vector(sample_weight, "sample_weight", n, dtype))
+    idx = np.empty(0, dtype=np.intp) if rows is None else check.row_indices(rows, n)
+    l2 = check.nonnegative_float(l2, "l2")
+    threads = check.n_threads(n_threads, _kernels.max_threads())
+
+    grad = np.empty(d * k + k, dtype=np.float64)
+    loss_sum, weight_sum, status, bad = _kernels.loss_grad_sums(
+        kind, X, y, coef2d, b, sw, idx, grad, threads)
+    if status != Status.OK:
+        _raise_kernel_status(status, bad, kind, k, y, sample_weight, idx, n)
+    if not np.isfinite(loss_sum) or not np.isfinite(grad).all():
+        _raise_non_finite("loss" if not np.isfinite(loss_sum) else "gradient",
+                          X, y, None if sample_weight is None else sw,
+                          None if rows is None else idx)
+    if not weight_sum > 0:
+        raise ValueError("sample_weight must have a positive sum over the rows used, "
+                         f"got {weight_sum}")
+
+    coef64 = coef2d.astype(np.float64, copy=False)
+    value = loss_sum / weight_sum + 0.5 * l2 * float(np.dot(coef64.ravel(), coef64.ravel()))
+    grad /= weight_sum
+    grad_coef = (grad[:d * k].reshape(d, k) + l2 * coef64).astype(dtype).reshape(coef_in_shape)
+    if intercept is None:
+        grad_intercept = None
+    elif k == 1:
+        grad_intercept = dtype.type(grad[d])
+    else:
+        grad_intercept = grad[d * k:].astype(dtype)
+    return float(value), grad_coef, grad_intercept
+
+
+def margins(X, coef, intercept=None, *, n_threads=None):
+    """z = X @ coef + intercept, shape (n,) for coef of shape (d,), (n, k) for (d, k)."""
+    X = check.matrix(X, "X")
+    n, d = X.shape
+    coef_arr = check.real_array(coef, "coef")
+    if coef_arr.ndim not in (1, 2) or coef_arr.shape[0] != d:
+        raise ValueError(f"coef must have shape ({d},) or ({d}, n_classes), "
+                         f"got shape {coef_arr.shape}")
+    coef2d = check.finite(np.ascontiguousarray(coef_arr, dtype=X.dtype), "coef").reshape(d, -1)
+    k = coef2d.shape[1]
+    b = _intercept(intercept, k, X.dtype)
+    out = np.empty((n, k), dtype=X.dtype)
+    _kernels.margins(X, coef2d, b, out, check.n_threads(n_threads, _kernels.max_threads()))
+    if not np.isfinite(out).all():
+        check.finite(X, "X")
+        raise FloatingPointError("margins overflowed although X and coef are finite")
+    return out.reshape(n) if coef_arr.ndim == 1 else out
+
+
+def predict_proba(loss, X, coef, intercept=None, *, n_threads=None):
+    """Class probabilities, shape (n, 2) for logistic, (n, k) for softmax."""
+    kind = _loss_kind(loss)
+    if kind == Kind.SQUARED:
+        raise ValueError("predict_proba needs a classification loss ('logistic' or 'softmax')")
+    z = margins(X, coef, intercept, n_threads=n_threads)
+    if kind == Kind.LOGISTIC:
+        p1 = np.exp(-np.logaddexp(0.0, -z))
+        return np.column_stack([1 - p1, p1])
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def predict(loss, X, coef, intercept=None, *, n_threads=None):
+    """Predicted targets (squared) or class labels (logistic: 0/1, softmax: 0..k-1)."""
+    kind = _loss_kind(loss)
+    z = margins(X, coef, intercept, n_threads=n_threads)
+    if kind == Kind.SQUARED:
+        return z
+    if kind == Kind.LOGISTIC:
+        return (z > 0).astype(np.intp)
+    return np.argmax(z, axis=1)
