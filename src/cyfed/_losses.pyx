@@ -12,10 +12,12 @@ caller's business, which is what a distributed trainer needs for its Allreduce.
 """
 from cython cimport floating
 from cython.parallel cimport prange
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
 
 import numpy as np
 
 cdef extern from "_vector_math.h" nogil:
+    int CYFED_NARROW_MAX
     int cyfed_max_threads()
     int cyfed_have_openmp()
     void cyfed_dot4_d(const double*, const double*, const double*, const double*,
@@ -38,8 +40,24 @@ cdef extern from "_vector_math.h" nogil:
     double cyfed_link_squared_f(float*, const float*, const float*, Py_ssize_t)
     double cyfed_link_logistic_d(double*, const double*, const double*, Py_ssize_t)
     double cyfed_link_logistic_f(float*, const float*, const float*, Py_ssize_t)
-    double cyfed_link_softmax_d(double*, const double*, const double*, Py_ssize_t, Py_ssize_t)
-    double cyfed_link_softmax_f(float*, const float*, const float*, Py_ssize_t, Py_ssize_t)
+    double cyfed_link_softmax_d(double*, const double*, const double*, Py_ssize_t, Py_ssize_t,
+                                Py_ssize_t)
+    double cyfed_link_softmax_f(float*, const float*, const float*, Py_ssize_t, Py_ssize_t,
+                                Py_ssize_t)
+    double cyfed_narrow_d(int, const double*, Py_ssize_t, Py_ssize_t, const double*, double,
+                          int, double*, const double*, const double*, double*)
+    double cyfed_narrow_f(int, const float*, Py_ssize_t, Py_ssize_t, const float*, float,
+                          int, float*, const float*, const float*, double*)
+    Py_ssize_t cyfed_check_block_d(int, const double*, const double*, Py_ssize_t, double*)
+    Py_ssize_t cyfed_check_block_f(int, const float*, const float*, Py_ssize_t, double*)
+    void cyfed_gemv4_vec_d(const double*, const double*, const double*, const double*,
+                           const double*, Py_ssize_t, int, double*, Py_ssize_t)
+    void cyfed_gemv4_vec_f(const float*, const float*, const float*, const float*,
+                           const float*, Py_ssize_t, int, float*, Py_ssize_t)
+    void cyfed_ger4_vec_d(double*, const double*, const double*, const double*,
+                          const double*, const double*, Py_ssize_t, Py_ssize_t, int)
+    void cyfed_ger4_vec_f(double*, const float*, const float*, const float*,
+                          const float*, const float*, Py_ssize_t, Py_ssize_t, int)
 
 cpdef enum LossKind:
     SQUARED = 0
@@ -102,19 +120,52 @@ cdef inline void ger4(double *G, const floating **x, const floating *R, Py_ssize
 
 
 cdef inline double link(int kind, floating *z, const floating *y, const floating *w,
-                        Py_ssize_t m, Py_ssize_t k) noexcept nogil:
+                        Py_ssize_t m, Py_ssize_t k, Py_ssize_t ldz) noexcept nogil:
     if floating is double:
         if kind == SQUARED:
             return cyfed_link_squared_d(z, y, w, m)
         if kind == LOGISTIC:
             return cyfed_link_logistic_d(z, y, w, m)
-        return cyfed_link_softmax_d(z, y, w, m, k)
+        return cyfed_link_softmax_d(z, y, w, m, k, ldz)
     else:
         if kind == SQUARED:
             return cyfed_link_squared_f(z, y, w, m)
         if kind == LOGISTIC:
             return cyfed_link_logistic_f(z, y, w, m)
-        return cyfed_link_softmax_f(z, y, w, m, k)
+        return cyfed_link_softmax_f(z, y, w, m, k, ldz)
+
+
+cdef inline double narrow(int kind, const floating *Xb, Py_ssize_t m, Py_ssize_t d,
+                          const floating *c, floating b, int has_b, floating *z,
+                          const floating *y, const floating *w, double *g) noexcept nogil:
+    if floating is double:
+        return cyfed_narrow_d(kind, Xb, m, d, c, b, has_b, z, y, w, g)
+    else:
+        return cyfed_narrow_f(kind, Xb, m, d, c, b, has_b, z, y, w, g)
+
+
+cdef inline Py_ssize_t check_block(int kind, const floating *y, const floating *w,
+                                   Py_ssize_t m, double *wsum) noexcept nogil:
+    if floating is double:
+        return cyfed_check_block_d(kind, y, w, m, wsum)
+    else:
+        return cyfed_check_block_f(kind, y, w, m, wsum)
+
+
+cdef inline void gemv4_vec(const floating **x, const floating *Wp, Py_ssize_t d, int nv,
+                           floating *z, Py_ssize_t ldz) noexcept nogil:
+    if floating is double:
+        cyfed_gemv4_vec_d(x[0], x[1], x[2], x[3], Wp, d, nv, z, ldz)
+    else:
+        cyfed_gemv4_vec_f(x[0], x[1], x[2], x[3], Wp, d, nv, z, ldz)
+
+
+cdef inline void ger4_vec(double *G, const floating **x, const floating *R, Py_ssize_t ldr,
+                          Py_ssize_t d, int nv) noexcept nogil:
+    if floating is double:
+        cyfed_ger4_vec_d(G, x[0], x[1], x[2], x[3], R, ldr, d, nv)
+    else:
+        cyfed_ger4_vec_f(G, x[0], x[1], x[2], x[3], R, ldr, d, nv)
 
 
 cdef Py_ssize_t block_rows(Py_ssize_t d, Py_ssize_t itemsize) noexcept nogil:
@@ -177,45 +228,92 @@ cdef int gather_block(int kind, Py_ssize_t n, Py_ssize_t d, Py_ssize_t k,
     return OK
 
 
+cdef struct Scratch:
+    # Per-thread buffers of one kernel call (B = rows per block, kp = padded k).
+    void *z          # (B + 4) * kp margins, then gradient multipliers
+    void *yb         # B + 4 gathered labels
+    void *wb         # B + 4 gathered weights
+    void *ones       # B unit weights (used when there are no sample weights)
+    void *xcopy      # B * d gathered rows (narrow path with a row subset)
+    const void **xp  # B + 4 row pointers
+
+
 cdef int run_blocks(int kind, const floating *X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t k,
-                    const floating *y, const floating *sw, const Py_ssize_t *rows,
-                    Py_ssize_t n_rows, Py_ssize_t B, Py_ssize_t b0, Py_ssize_t b1,
-                    const floating *coef, const floating *intercept,
-                    floating *zb, floating *yb, floating *wb, const floating **xp,
-                    double *gacc, double *sums, Py_ssize_t *bad) noexcept nogil:
-    """Loss and gradient sums over blocks b0..b1-1 into this thread's gacc/sums."""
-    cdef Py_ssize_t blk, start, m, mp, i, c
-    cdef Py_ssize_t dk = d * k
+                    Py_ssize_t kp, int nv, const floating *y, const floating *sw,
+                    const Py_ssize_t *rows, Py_ssize_t n_rows, Py_ssize_t B,
+                    Py_ssize_t b0, Py_ssize_t b1, const floating *coef,
+                    const floating *intercept, Scratch s, double *gacc, double *sums,
+                    Py_ssize_t *bad) noexcept nogil:
+    """Loss and gradient sums over blocks b0..b1-1 into this thread's gacc/sums.
+
+    Three paths: narrow X (squared/logistic, d <= CYFED_NARROW_MAX) with
+    contiguous rows and compile-time d; softmax with k <= 2 vector lengths on
+    register-blocked micro-kernels over W padded to kp columns; and the general
+    four-rows-at-a-time path.
+    """
+    cdef floating *zb = <floating *>s.z
+    cdef floating *yb = <floating *>s.yb
+    cdef floating *wb = <floating *>s.wb
+    cdef floating *ones = <floating *>s.ones
+    cdef floating *xcopy = <floating *>s.xcopy
+    cdef const floating **xp = <const floating **>s.xp
+    cdef Py_ssize_t blk, start, m, mp, i, c, off
     cdef int status
     cdef double loss = 0.0, wsum = 0.0
+    cdef bint is_narrow = kind != SOFTMAX and d <= CYFED_NARROW_MAX
+    cdef floating b0_ = intercept[0] if intercept != NULL else 0
+    cdef const floating *Xb
+    cdef const floating *yp
+    cdef const floating *wp
+    for i in range(B):
+        ones[i] = 1
     for blk in range(b0, b1):
         start = blk * B
         m = n_rows - start if n_rows - start < B else B
         mp = (m + 3) & ~3
+        if is_narrow and rows == NULL:
+            Xb, yp, wp = X + start * d, y + start, (sw + start if sw != NULL else ones)
+            off = check_block(kind, yp, wp, m, &wsum)
+            if off >= 0:
+                bad[0] = start + off
+                return NEGATIVE_WEIGHT if wp[off] < 0 else BAD_LABEL
+            loss += narrow(kind, Xb, m, d, coef, b0_, intercept != NULL, zb, yp, wp, gacc)
+            continue
         status = gather_block(kind, n, d, k, y, sw, rows, start, m, X, xp, yb, wb,
                               &wsum, bad)
         if status != OK:
             return status
+        if is_narrow:
+            for i in range(m):
+                for c in range(d):
+                    xcopy[i * d + c] = xp[i][c]
+            loss += narrow(kind, xcopy, m, d, coef, b0_, intercept != NULL, zb, yb, wb, gacc)
+            continue
         for i in range(0, mp, 4):
             if kind == SOFTMAX:
-                for c in range(4 * k):
-                    zb[i * k + c] = intercept[c % k] if intercept != NULL else 0
-                gemv4(xp + i, coef, d, k, zb + i * k)
+                for c in range(4 * kp):
+                    zb[i * kp + c] = intercept[c % kp] if intercept != NULL and c % kp < k else 0
+                if nv > 0:
+                    gemv4_vec(xp + i, coef, d, nv, zb + i * kp, kp)
+                else:
+                    gemv4(xp + i, coef, d, k, zb + i * k)
             else:
                 dot4(xp + i, coef, d, zb + i)
                 if intercept != NULL:
                     for c in range(4):
                         zb[i + c] += intercept[0]
-        loss += link(kind, zb, yb, wb, mp, k)
+        loss += link(kind, zb, yb, wb, mp, k, kp)
         for i in range(0, mp, 4):
-            if kind == SOFTMAX:
-                ger4(gacc, xp + i, zb + i * k, d, k)
-            else:
+            if kind != SOFTMAX:
                 axpy4(gacc, zb + i, xp + i, d)
+            elif nv > 0:
+                ger4_vec(gacc, xp + i, zb + i * kp, kp, d, nv)
+            else:
+                ger4(gacc, xp + i, zb + i * k, d, k)
         if intercept != NULL:
             for i in range(mp):
                 for c in range(k):
-                    gacc[dk + c] += zb[i * k + c]
+                    gacc[d * kp + c] += zb[i * kp + c]
     sums[0] = loss
     sums[1] = wsum
     return OK
@@ -244,20 +342,27 @@ def loss_grad_sums(int kind, const floating[:, ::1] X, const floating[::1] y,
     """
     cdef Py_ssize_t n = X.shape[0], d = X.shape[1], k = coef.shape[1]
     cdef Py_ssize_t n_rows = rows.shape[0] if rows.shape[0] > 0 else n
-    cdef Py_ssize_t dk = d * k
-    cdef Py_ssize_t B = block_rows(d * k, sizeof(floating))
+    cdef Py_ssize_t vlen = 64 // sizeof(floating)
+    # softmax with few classes: pad W to nv whole 64-byte vectors per row
+    cdef int nv = (k + vlen - 1) // vlen if kind == SOFTMAX and k <= 2 * vlen else 0
+    cdef Py_ssize_t kp = nv * vlen if nv > 0 else k
+    cdef Py_ssize_t B = block_rows(d * kp, sizeof(floating))
     cdef Py_ssize_t n_blocks = (n_rows + B - 1) // B
-    cdef Py_ssize_t nt = choose_threads(n_threads, n_blocks, n_rows * dk)
-    cdef Py_ssize_t stride = (dk + k + 7) & ~7     # one cache line apart per thread
+    cdef Py_ssize_t nt = choose_threads(n_threads, n_blocks, n_rows * d * k)
+    cdef Py_ssize_t stride = (d * kp + k + 7) & ~7     # threads' accumulators 64 bytes apart
     grad_out[:] = 0
     if n_rows == 0 or n == 0:
         return 0.0, 0.0, OK, -1
 
     dtype = np.float32 if floating is float else np.float64
-    cdef floating[:, ::1] zbuf = np.empty((nt, (B + 4) * k), dtype=dtype)
-    cdef floating[:, ::1] ybuf = np.empty((nt, B + 4), dtype=dtype)
-    cdef floating[:, ::1] wbuf = np.empty((nt, B + 4), dtype=dtype)
-    cdef size_t[:, ::1] xptr = np.empty((nt, B + 4), dtype=np.uintp)   # row pointers
+    coef_used = coef
+    if kp != k:
+        coef_used = np.zeros((d, kp), dtype=dtype)
+        coef_used[:, :k] = coef
+    cdef const floating[:, ::1] W = coef_used
+    cdef floating[:, ::1] zbuf = np.empty((nt, (B + 4) * kp), dtype=dtype)
+    cdef floating[:, ::1] vbuf = np.empty((nt, 3 * (B + 4) + B * d), dtype=dtype)
+    cdef size_t[:, ::1] xptr = np.empty((nt, B + 4), dtype=np.uintp)
     cdef double[:, ::1] gacc = np.zeros((nt, stride), dtype=np.float64)
     cdef double[:, ::1] sums = np.zeros((nt, 8), dtype=np.float64)
     cdef int[::1] status = np.zeros(nt, dtype=np.intc)
@@ -267,13 +372,25 @@ def loss_grad_sums(int kind, const floating[:, ::1] X, const floating[::1] y,
     cdef const floating *ic = &intercept[0] if intercept.shape[0] > 0 else NULL
     cdef const floating *swp = &sample_weight[0] if sample_weight.shape[0] > 0 else NULL
     cdef const Py_ssize_t *rp = &rows[0] if rows.shape[0] > 0 else NULL
-    cdef Py_ssize_t t, j
-    for t in prange(nt, nogil=True, num_threads=nt, schedule="static", chunksize=1):
-        status[t] = run_blocks(
-            kind, Xp, n, d, k, &y[0], swp, rp, n_rows, B,
-            t * n_blocks // nt, (t + 1) * n_blocks // nt, &coef[0, 0], ic,
-            &zbuf[t, 0], &ybuf[t, 0], &wbuf[t, 0], <const floating **>&xptr[t, 0],
-            &gacc[t, 0], &sums[t, 0], &bad[t])
+    cdef Py_ssize_t t, j, c
+    cdef Scratch *scratch = <Scratch *>PyMem_Malloc(nt * sizeof(Scratch))
+    if scratch == NULL:
+        raise MemoryError()
+    for t in range(nt):
+        scratch[t].z = &zbuf[t, 0]
+        scratch[t].yb = &vbuf[t, 0]
+        scratch[t].wb = &vbuf[t, B + 4]
+        scratch[t].ones = &vbuf[t, 2 * (B + 4)]
+        scratch[t].xcopy = &vbuf[t, 3 * (B + 4)]
+        scratch[t].xp = <const void **>&xptr[t, 0]
+    try:
+        for t in prange(nt, nogil=True, num_threads=nt, schedule="static", chunksize=1):
+            status[t] = run_blocks(
+                kind, Xp, n, d, k, kp, nv, &y[0], swp, rp, n_rows, B,
+                t * n_blocks // nt, (t + 1) * n_blocks // nt, &W[0, 0], ic, scratch[t],
+                &gacc[t, 0], &sums[t, 0], &bad[t])
+    finally:
+        PyMem_Free(scratch)
 
     for t in range(nt):
         if status[t] != OK:
@@ -282,10 +399,15 @@ def loss_grad_sums(int kind, const floating[:, ::1] X, const floating[::1] y,
     for t in range(nt):
         loss += sums[t, 0]
         wsum += sums[t, 1]
-        if t > 0:
-            for j in range(dk + k):
-                gacc[0, j] += gacc[t, j]
-    grad_out[:] = gacc[0, :dk + k]
+    for j in range(d):
+        for c in range(k):
+            grad_out[j * k + c] = 0
+            for t in range(nt):
+                grad_out[j * k + c] += gacc[t, j * kp + c]
+    for c in range(k):
+        grad_out[d * k + c] = 0
+        for t in range(nt):
+            grad_out[d * k + c] += gacc[t, d * kp + c]
     return loss, wsum, OK, -1
 
 

@@ -37,6 +37,9 @@ static inline int cyfed_have_openmp(void) { return 0; }
 
 #define CYFED_PRAGMA(x) _Pragma(#x)
 
+/* Widest X (columns) that takes the compile-time-D "narrow" path. */
+#define CYFED_NARROW_MAX 16
+
 #if defined(__GNUC__) || defined(__clang__)
 #define CYFED_RESTRICT __restrict__
 #else

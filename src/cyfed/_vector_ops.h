@@ -119,16 +119,16 @@ static inline double CYFED_FN(link_logistic)(CYFED_T *CYFED_RESTRICT z,
 
 /*
  * softmax, y in 0..k-1: loss = w (logsumexp(z) - z_y), r_c = w (p_c - [c == y]),
- * p = exp(z - max z) / sum exp(z - max z).  z is (m, k).
+ * p = exp(z - max z) / sum exp(z - max z).  z is (m, k) with row stride ldz >= k.
  */
 static inline double CYFED_FN(link_softmax)(CYFED_T *CYFED_RESTRICT z,
                                             const CYFED_T *CYFED_RESTRICT y,
                                             const CYFED_T *CYFED_RESTRICT w,
-                                            Py_ssize_t m, Py_ssize_t k)
+                                            Py_ssize_t m, Py_ssize_t k, Py_ssize_t ldz)
 {
     double loss = 0.0;
     for (Py_ssize_t i = 0; i < m; ++i) {
-        CYFED_T *zi = z + i * k;
+        CYFED_T *zi = z + i * ldz;
         const Py_ssize_t label = (Py_ssize_t)y[i];
         const CYFED_T z_label = zi[label];
         CYFED_T mx = zi[0];
@@ -150,6 +150,188 @@ static inline double CYFED_FN(link_softmax)(CYFED_T *CYFED_RESTRICT z,
     }
     return loss;
 }
+
+
+/*
+ * Narrow X (d <= CYFED_NARROW_MAX columns, squared/logistic): the block's rows
+ * are contiguous (m, D) with D a compile-time constant, so the margin loop and
+ * the gradient reduction vectorise across rows (interleaved loads) instead of
+ * along a row too short for a vector.  Returns the block's weighted loss and
+ * adds sum_i r_i x_i to g[0..D-1] and sum_i r_i to g[D] when has_b.
+ */
+#define CYFED_DEFINE_NARROW(D)                                                          \
+static double CYFED_CAT(CYFED_FN(narrow), D)(int kind, const CYFED_T *CYFED_RESTRICT Xb, \
+        Py_ssize_t m, const CYFED_T *CYFED_RESTRICT c, CYFED_T b, int has_b,            \
+        CYFED_T *CYFED_RESTRICT z, const CYFED_T *y, const CYFED_T *w,                  \
+        double *CYFED_RESTRICT g)                                                       \
+{                                                                                       \
+    CYFED_PRAGMA(omp simd)                                                              \
+    for (Py_ssize_t i = 0; i < m; ++i) {                                                \
+        CYFED_T a = b;                                                                  \
+        for (int j = 0; j < D; ++j)                                                     \
+            a += Xb[i * D + j] * c[j];                                                  \
+        z[i] = a;                                                                       \
+    }                                                                                   \
+    double loss = kind == 0 ? CYFED_FN(link_squared)(z, y, w, m)                        \
+                            : CYFED_FN(link_logistic)(z, y, w, m);                      \
+    CYFED_T gg[D] = {0};                                                                \
+    CYFED_T gb = 0;                                                                     \
+    CYFED_PRAGMA(omp simd reduction(+:gg[:D], gb))                                      \
+    for (Py_ssize_t i = 0; i < m; ++i) {                                                \
+        const CYFED_T r = z[i];                                                         \
+        gb += r;                                                                        \
+        for (int j = 0; j < D; ++j)                                                     \
+            gg[j] += r * Xb[i * D + j];                                                 \
+    }                                                                                   \
+    for (int j = 0; j < D; ++j)                                                         \
+        g[j] += gg[j];                                                                  \
+    if (has_b)                                                                          \
+        g[D] += gb;                                                                     \
+    return loss;                                                                        \
+}
+CYFED_DEFINE_NARROW(1)  CYFED_DEFINE_NARROW(2)  CYFED_DEFINE_NARROW(3)  CYFED_DEFINE_NARROW(4)
+CYFED_DEFINE_NARROW(5)  CYFED_DEFINE_NARROW(6)  CYFED_DEFINE_NARROW(7)  CYFED_DEFINE_NARROW(8)
+CYFED_DEFINE_NARROW(9)  CYFED_DEFINE_NARROW(10) CYFED_DEFINE_NARROW(11) CYFED_DEFINE_NARROW(12)
+CYFED_DEFINE_NARROW(13) CYFED_DEFINE_NARROW(14) CYFED_DEFINE_NARROW(15) CYFED_DEFINE_NARROW(16)
+#undef CYFED_DEFINE_NARROW
+
+static double CYFED_FN(narrow)(int kind, const CYFED_T *Xb, Py_ssize_t m, Py_ssize_t d,
+                               const CYFED_T *c, CYFED_T b, int has_b, CYFED_T *z,
+                               const CYFED_T *y, const CYFED_T *w, double *g)
+{
+    switch (d) {
+#define CYFED_CASE(D) case D: return CYFED_CAT(CYFED_FN(narrow), D)(kind, Xb, m, c, b, has_b, z, y, w, g);
+    CYFED_CASE(1)  CYFED_CASE(2)  CYFED_CASE(3)  CYFED_CASE(4)  CYFED_CASE(5)  CYFED_CASE(6)
+    CYFED_CASE(7)  CYFED_CASE(8)  CYFED_CASE(9)  CYFED_CASE(10) CYFED_CASE(11) CYFED_CASE(12)
+    CYFED_CASE(13) CYFED_CASE(14) CYFED_CASE(15) CYFED_CASE(16)
+#undef CYFED_CASE
+    }
+    return 0.0;  /* unreachable: the caller only passes 1 <= d <= CYFED_NARROW_MAX */
+}
+
+/*
+ * Labels and weights of a contiguous block, checked with vectorised counts:
+ * returns the offset of the first bad entry (label outside {0,1} for logistic,
+ * weight < 0) or -1, and adds the weights to *wsum.
+ */
+static Py_ssize_t CYFED_FN(check_block)(int kind, const CYFED_T *y, const CYFED_T *w,
+                                        Py_ssize_t m, double *wsum)
+{
+    Py_ssize_t n_bad = 0;
+    double s = 0.0;
+    CYFED_PRAGMA(omp simd reduction(+:n_bad, s))
+    for (Py_ssize_t i = 0; i < m; ++i) {
+        const int bad_label = kind == 1 && y[i] != 0 && y[i] != 1;
+        n_bad += bad_label | (w[i] < 0);
+        s += (double)w[i];
+    }
+    *wsum += s;
+    if (n_bad == 0)
+        return -1;
+    for (Py_ssize_t i = 0; i < m; ++i)
+        if ((kind == 1 && y[i] != 0 && y[i] != 1) || w[i] < 0)
+            return i;
+    return -1;
+}
+
+#if defined(__GNUC__) || defined(__clang__)
+/*
+ * Softmax with k <= 2 * CYFED_VLEN(T) classes: W is padded to kp = nv * VLEN
+ * columns and each of the four rows' margins lives in nv 64-byte vector
+ * registers for the whole pass over j (GCC/clang vector extensions; the
+ * compiler splits them into whatever the target ISA has).
+ */
+typedef CYFED_T CYFED_FN(vec) __attribute__((vector_size(64)));
+typedef CYFED_T CYFED_FN(uvec) __attribute__((vector_size(64), aligned(sizeof(CYFED_T))));
+#define CYFED_VLEN ((Py_ssize_t)(64 / sizeof(CYFED_T)))
+#define CYFED_LD(p) (*(const CYFED_FN(uvec) *)(p))
+
+static inline __attribute__((always_inline)) void
+CYFED_FN(gemv4_vec_impl)(const CYFED_T *x0, const CYFED_T *x1, const CYFED_T *x2,
+                         const CYFED_T *x3, const CYFED_T *Wp, Py_ssize_t d, int nv,
+                         CYFED_T *z, Py_ssize_t ldz)
+{
+    CYFED_FN(vec) a[4][2];
+    for (int u = 0; u < 4; ++u)
+        for (int v = 0; v < nv; ++v)
+            a[u][v] = CYFED_LD(z + u * ldz + v * CYFED_VLEN);
+    for (Py_ssize_t j = 0; j < d; ++j) {
+        const CYFED_T *wj = Wp + j * nv * CYFED_VLEN;
+        for (int v = 0; v < nv; ++v) {
+            const CYFED_FN(vec) wv = CYFED_LD(wj + v * CYFED_VLEN);
+            a[0][v] += x0[j] * wv;
+            a[1][v] += x1[j] * wv;
+            a[2][v] += x2[j] * wv;
+            a[3][v] += x3[j] * wv;
+        }
+    }
+    for (int u = 0; u < 4; ++u)
+        for (int v = 0; v < nv; ++v)
+            *(CYFED_FN(uvec) *)(z + u * ldz + v * CYFED_VLEN) = a[u][v];
+}
+
+static void CYFED_FN(gemv4_vec)(const CYFED_T *x0, const CYFED_T *x1, const CYFED_T *x2,
+                                const CYFED_T *x3, const CYFED_T *Wp, Py_ssize_t d, int nv,
+                                CYFED_T *z, Py_ssize_t ldz)
+{
+    if (nv == 1)
+        CYFED_FN(gemv4_vec_impl)(x0, x1, x2, x3, Wp, d, 1, z, ldz);
+    else
+        CYFED_FN(gemv4_vec_impl)(x0, x1, x2, x3, Wp, d, 2, z, ldz);
+}
+
+static inline __attribute__((always_inline)) void
+CYFED_FN(ger4_vec_impl)(double *G, const CYFED_T *x0, const CYFED_T *x1, const CYFED_T *x2,
+                        const CYFED_T *x3, const CYFED_T *R, Py_ssize_t ldr, Py_ssize_t d,
+                        int nv)
+{
+    typedef double dvec __attribute__((vector_size(64 * sizeof(double) / sizeof(CYFED_T))));
+    typedef double udvec __attribute__((vector_size(64 * sizeof(double) / sizeof(CYFED_T)),
+                                        aligned(8)));
+    CYFED_FN(vec) r[4][2];
+    for (int u = 0; u < 4; ++u)
+        for (int v = 0; v < nv; ++v)
+            r[u][v] = CYFED_LD(R + u * ldr + v * CYFED_VLEN);
+    for (Py_ssize_t j = 0; j < d; ++j) {
+        double *gj = G + j * nv * CYFED_VLEN;
+        for (int v = 0; v < nv; ++v) {
+            const CYFED_FN(vec) s = x0[j] * r[0][v] + x1[j] * r[1][v]
+                                  + x2[j] * r[2][v] + x3[j] * r[3][v];
+            udvec *gv = (udvec *)(gj + v * CYFED_VLEN);
+            *gv = *gv + __builtin_convertvector(s, dvec);
+        }
+    }
+}
+
+static void CYFED_FN(ger4_vec)(double *G, const CYFED_T *x0, const CYFED_T *x1,
+                               const CYFED_T *x2, const CYFED_T *x3, const CYFED_T *R,
+                               Py_ssize_t ldr, Py_ssize_t d, int nv)
+{
+    if (nv == 1)
+        CYFED_FN(ger4_vec_impl)(G, x0, x1, x2, x3, R, ldr, d, 1);
+    else
+        CYFED_FN(ger4_vec_impl)(G, x0, x1, x2, x3, R, ldr, d, 2);
+}
+#undef CYFED_LD
+#undef CYFED_VLEN
+#else
+/* Portable fallback (no vector extensions): the generic loops over kp = nv * VLEN. */
+static void CYFED_FN(gemv4_vec)(const CYFED_T *x0, const CYFED_T *x1, const CYFED_T *x2,
+                                const CYFED_T *x3, const CYFED_T *Wp, Py_ssize_t d, int nv,
+                                CYFED_T *z, Py_ssize_t ldz)
+{
+    (void)ldz;  /* == kp */
+    CYFED_FN(gemv4)(x0, x1, x2, x3, Wp, d, nv * (Py_ssize_t)(64 / sizeof(CYFED_T)), z);
+}
+
+static void CYFED_FN(ger4_vec)(double *G, const CYFED_T *x0, const CYFED_T *x1,
+                               const CYFED_T *x2, const CYFED_T *x3, const CYFED_T *R,
+                               Py_ssize_t ldr, Py_ssize_t d, int nv)
+{
+    (void)ldr;  /* == kp */
+    CYFED_FN(ger4)(G, x0, x1, x2, x3, R, d, nv * (Py_ssize_t)(64 / sizeof(CYFED_T)));
+}
+#endif
 
 #undef CYFED_FN
 #undef CYFED_CAT

@@ -33,7 +33,7 @@ def _loss_kind(loss):
     return LOSSES[loss]
 
 
-def _coef_2d(coef, kind, d, dtype):
+def coef_2d(coef, kind, d, dtype):
     """coef as a (d, k) array in dtype: (d,) for squared/logistic, (d, k>=2) for softmax."""
     arr = check.real_array(coef, "coef")
     if kind == Kind.SOFTMAX:
@@ -47,7 +47,7 @@ def _coef_2d(coef, kind, d, dtype):
     return arr.reshape(d, -1)
 
 
-def _intercept(intercept, k, dtype):
+def intercept_1d(intercept, k, dtype):
     """intercept as a (k,) array (empty when None): a scalar, or (k,) for softmax."""
     if intercept is None:
         return np.empty(0, dtype=dtype)
@@ -84,6 +84,58 @@ def _raise_non_finite(what, X, y, sample_weight, rows):
                              f"finite; rescale X, y or coef")
 
 
+class Problem:
+    """Validated data of one loss: X (n, d) C-contiguous, y (n,) and weights in X's dtype.
+
+    Built once by `prepare`; trainers then call `sums` every iteration with no
+    further checks.
+    """
+
+    def __init__(self, kind, X, y, sample_weight):
+        self.kind, self.X, self.y = kind, X, y
+        self.sample_weight = sample_weight          # empty array: unit weights
+        self.n, self.d = X.shape
+        self.dtype = X.dtype
+
+    def sums(self, coef2d, intercept, rows, out, n_threads):
+        """Kernel sums at (coef2d, intercept) into out[:d*k+k]: (loss_sum, weight_sum).
+
+        coef2d (d, k) and intercept ((k,) or empty) in self.dtype; rows an intp
+        array or None for all rows.  Raises ValueError for bad labels, negative
+        weights or row indices out of range.
+        """
+        idx = _ALL_ROWS if rows is None else rows
+        if rows is not None and len(rows) == 0:
+            out[:] = 0
+            return 0.0, 0.0
+        loss_sum, weight_sum, status, bad = _kernels.loss_grad_sums(
+            self.kind, self.X, self.y, coef2d, intercept, self.sample_weight, idx, out,
+            n_threads)
+        if status != Status.OK:
+            _raise_kernel_status(status, bad, self.kind, coef2d.shape[1], self.y,
+                                 self.sample_weight, idx, self.n)
+        return loss_sum, weight_sum
+
+    def raise_non_finite(self, what, rows=None):
+        """Name the non-finite input behind a non-finite result, or call it an overflow."""
+        _raise_non_finite(what, self.X, self.y,
+                          self.sample_weight if len(self.sample_weight) else None, rows)
+
+
+_ALL_ROWS = np.empty(0, dtype=np.intp)
+
+
+def prepare(loss, X, y, sample_weight=None, *, allow_empty=False):
+    """Validate and coerce (loss, X, y, sample_weight) into a `Problem`."""
+    kind = _loss_kind(loss)
+    X = check.matrix(X, "X", allow_empty=allow_empty)
+    n = X.shape[0]
+    y = check.vector(y, "y", n, X.dtype)
+    sw = (np.empty(0, dtype=X.dtype) if sample_weight is None
+          else check.vector(sample_weight, "sample_weight", n, X.dtype))
+    return Problem(kind, X, y, sw)
+
+
 def loss_grad(loss, X, y, coef, intercept=None, *, l2=0.0, sample_weight=None, rows=None,
               n_threads=None):
     """Loss value and gradient of a linear model, in one fused pass over X.
@@ -115,30 +167,20 @@ def loss_grad(loss, X, y, coef, intercept=None, *, l2=0.0, sample_weight=None, r
     range, negative weights, NaN/Inf inputs (naming the argument);
     FloatingPointError when finite inputs overflow.
     """
-    kind = _loss_kind(loss)
-    X = check.matrix(X, "X")
-    n, d = X.shape
-    dtype = X.dtype
-    y = check.vector(y, "y", n, dtype)
+    problem = prepare(loss, X, y, sample_weight)
+    d, dtype = problem.d, problem.dtype
     coef_in_shape = np.shape(coef)
-    coef2d = _coef_2d(coef, kind, d, dtype)
+    coef2d = coef_2d(coef, problem.kind, d, dtype)
     k = coef2d.shape[1]
-    b = _intercept(intercept, k, dtype)
-    sw = (np.empty(0, dtype=dtype) if sample_weight is None
-          else check.vector(sample_weight, "sample_weight", n, dtype))
-    idx = np.empty(0, dtype=np.intp) if rows is None else check.row_indices(rows, n)
+    b = intercept_1d(intercept, k, dtype)
+    idx = None if rows is None else check.row_indices(rows, problem.n)
     l2 = check.nonnegative_float(l2, "l2")
     threads = check.n_threads(n_threads, _kernels.max_threads())
 
     grad = np.empty(d * k + k, dtype=np.float64)
-    loss_sum, weight_sum, status, bad = _kernels.loss_grad_sums(
-        kind, X, y, coef2d, b, sw, idx, grad, threads)
-    if status != Status.OK:
-        _raise_kernel_status(status, bad, kind, k, y, sample_weight, idx, n)
+    loss_sum, weight_sum = problem.sums(coef2d, b, idx, grad, threads)
     if not np.isfinite(loss_sum) or not np.isfinite(grad).all():
-        _raise_non_finite("loss" if not np.isfinite(loss_sum) else "gradient",
-                          X, y, None if sample_weight is None else sw,
-                          None if rows is None else idx)
+        problem.raise_non_finite("loss" if not np.isfinite(loss_sum) else "gradient", idx)
     if not weight_sum > 0:
         raise ValueError("sample_weight must have a positive sum over the rows used, "
                          f"got {weight_sum}")
@@ -166,7 +208,7 @@ def margins(X, coef, intercept=None, *, n_threads=None):
                          f"got shape {coef_arr.shape}")
     coef2d = check.finite(np.ascontiguousarray(coef_arr, dtype=X.dtype), "coef").reshape(d, -1)
     k = coef2d.shape[1]
-    b = _intercept(intercept, k, X.dtype)
+    b = intercept_1d(intercept, k, X.dtype)
     out = np.empty((n, k), dtype=X.dtype)
     _kernels.margins(X, coef2d, b, out, check.n_threads(n_threads, _kernels.max_threads()))
     if not np.isfinite(out).all():

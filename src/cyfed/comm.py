@@ -1,0 +1,117 @@
+"""Transport: the Communicator protocol, one-process LocalComm and mpi4py's MPIComm.
+
+Algorithms are written once against `Communicator` and never import mpi4py;
+this module is the only one that does, lazily, so `import cyfed` works with no
+MPI library installed.  Arrays travel through mpi4py's buffer methods
+(`Allreduce(MPI.IN_PLACE, buf)`, `Bcast`); pickling is only for small objects.
+"""
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+@runtime_checkable
+class Communicator(Protocol):
+    """What the trainers need from a group of processes (SPMD: all call alike)."""
+
+    rank: int
+    size: int
+
+    def allreduce_sum(self, buf: np.ndarray) -> np.ndarray:
+        """Sum `buf` over all ranks, in place; returns buf."""
+
+    def bcast(self, buf: np.ndarray, root: int = 0) -> np.ndarray:
+        """Overwrite `buf` on every rank with root's, in place; returns buf."""
+
+    def bcast_obj(self, obj, root: int = 0):
+        """Root's small picklable object, on every rank."""
+
+    def allgather_obj(self, obj) -> list:
+        """Every rank's small picklable object, in rank order, on every rank."""
+
+    def barrier(self) -> None:
+        """Wait for all ranks."""
+
+    def abort(self, message: str, code: int = 1) -> None:
+        """End every rank of the job, printing `message` (never returns)."""
+
+
+class LocalComm:
+    """A communicator of one process: every collective is the identity."""
+
+    rank = 0
+    size = 1
+
+    def allreduce_sum(self, buf):
+        return buf
+
+    def bcast(self, buf, root=0):
+        return buf
+
+    def bcast_obj(self, obj, root=0):
+        return obj
+
+    def allgather_obj(self, obj):
+        return [obj]
+
+    def barrier(self):
+        return None
+
+    def abort(self, message, code=1):
+        raise SystemExit(f"cyfed: {message}")
+
+
+class MPIComm:
+    """Communicator over an mpi4py communicator (default COMM_WORLD)."""
+
+    def __init__(self, comm=None):
+        from mpi4py import MPI
+
+        self._MPI = MPI
+        self.comm = MPI.COMM_WORLD if comm is None else comm
+        self.rank = self.comm.Get_rank()
+        self.size = self.comm.Get_size()
+
+    def allreduce_sum(self, buf):
+        if not buf.flags.c_contiguous:
+            raise ValueError("allreduce_sum needs a C-contiguous buffer")
+        self.comm.Allreduce(self._MPI.IN_PLACE, buf, op=self._MPI.SUM)
+        return buf
+
+    def bcast(self, buf, root=0):
+        self.comm.Bcast(buf, root=root)
+        return buf
+
+    def bcast_obj(self, obj, root=0):
+        return self.comm.bcast(obj, root=root)
+
+    def allgather_obj(self, obj):
+        return self.comm.allgather(obj)
+
+    def barrier(self):
+        self.comm.Barrier()
+
+    def abort(self, message, code=1):
+        import sys
+
+        sys.stderr.write(f"cyfed: rank {self.rank}: {message}\n")
+        sys.stderr.flush()
+        self.comm.Abort(code)
+
+
+def launched_by_mpi():
+    """True when an MPI launcher started this process (no mpi4py import needed)."""
+    import os
+
+    markers = ("PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE",
+               "MPI_LOCALNRANKS", "HYDI_CONTROL_FD", "PMI_FD")
+    return any(m in os.environ for m in markers)
+
+
+def get_comm():
+    """MPIComm(COMM_WORLD) when launched by mpiexec with more than one rank, else LocalComm."""
+    if launched_by_mpi():
+        comm = MPIComm()
+        if comm.size > 1:
+            return comm
+    return LocalComm()

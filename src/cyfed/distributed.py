@@ -1,0 +1,265 @@
+"""Data-parallel gradient descent: one code path from one process to many MPI ranks.
+
+Every rank holds a shard of the rows and calls ``fit`` with it (SPMD).  Each
+iteration a rank computes the *sums* of its rows' weighted losses and
+gradients in one fused kernel pass, one in-place Allreduce adds the buffer
+``[grad_sums, loss_sum, weight_sum, error_flag]`` over the ranks, and every
+rank applies the same update to the same parameters:
+
+    g_t = (sum_r grad_sums_r) / (sum_r weight_sum_r) + l2 theta_t
+    v_t = momentum v_{t-1} + g_t,  step = g_t + momentum v_t (Nesterov) or v_t
+    theta_{t+1} = theta_t - lr_t step
+
+Mini-batches are drawn from the *global* row index space with a generator
+seeded by (seed, t), and each rank evaluates the drawn rows it owns, so the
+trajectory does not depend on the number of ranks (only the order of the
+floating-point sums does).
+"""
+import time
+
+import numpy as np
+
+from cyfed import _validation as check
+from cyfed import gradients
+from cyfed.comm import LocalComm
+from cyfed.schedules import get_schedule
+
+
+class DivergenceError(FloatingPointError):
+    """Training produced a non-finite loss or gradient."""
+
+
+class DistributedGD:
+    """Full-batch or mini-batch gradient descent on data sharded over ranks.
+
+    Parameters
+    ----------
+    loss : {"squared", "logistic", "softmax"}
+    lr : float > 0
+        Base learning rate, shaped over iterations by `lr_schedule`.
+    max_iter : int >= 1
+        Number of updates unless a tolerance stops training earlier.
+    batch_size : int or None
+        Global mini-batch size drawn without replacement each iteration; None
+        uses every row (full-batch gradient descent).
+    fit_intercept : bool
+    l2 : float >= 0
+        L2 penalty (l2/2) ||coef||^2 (the intercept is not penalised).
+    momentum : float in [0, 1); nesterov : bool
+        Heavy-ball or Nesterov momentum (PyTorch's SGD convention).
+    lr_schedule : str or callable
+        A name of `cyfed.schedules.SCHEDULES` or a callable (lr, t, max_iter) -> lr_t.
+    tol : float or None
+        Stop when the relative decrease of the full-batch loss falls below tol.
+    gtol : float or None
+        Stop when the gradient norm falls below gtol.
+    seed : int
+        Seeds the mini-batch draws: generator seeded by (seed, t).
+    n_threads : int or None
+        OpenMP threads per rank for the kernels.
+    comm : Communicator or None
+        Defaults to `LocalComm()` (one process); pass `cyfed.comm.get_comm()`
+        or an `MPIComm` to train over MPI ranks.
+
+    Attributes
+    ----------
+    coef_ : (d,) or (d, k) float64;  intercept_ : float or (k,) float64
+    n_iter_ : updates applied;  history_ : list of dicts per iteration with
+    'iter', 'loss' (at theta_t, before its update), 'grad_norm', 'lr', 'seconds'.
+    """
+
+    def __init__(self, loss="squared", *, lr=0.01, max_iter=100, batch_size=None,
+                 fit_intercept=True, l2=0.0, momentum=0.0, nesterov=False,
+                 lr_schedule="constant", tol=None, gtol=None, seed=0, n_threads=None,
+                 comm=None):
+        self.loss, self.lr, self.max_iter, self.batch_size = loss, lr, max_iter, batch_size
+        self.fit_intercept, self.l2 = fit_intercept, l2
+        self.momentum, self.nesterov, self.lr_schedule = momentum, nesterov, lr_schedule
+        self.tol, self.gtol, self.seed, self.n_threads = tol, gtol, seed, n_threads
+        self.comm = comm
+
+    # -- checks ---------------------------------------------------------------
+
+    def _check_params(self):
+        if not (isinstance(self.lr, (int, float)) and np.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
+        if not isinstance(self.max_iter, (int, np.integer)) or self.max_iter < 1:
+            raise ValueError(f"max_iter must be an int >= 1, got {self.max_iter!r}")
+        if self.batch_size is not None and (
+                not isinstance(self.batch_size, (int, np.integer)) or self.batch_size < 1):
+            raise ValueError(f"batch_size must be an int >= 1 or None, got {self.batch_size!r}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov=True needs momentum > 0")
+        for name in ("tol", "gtol"):
+            value = getattr(self, name)
+            if value is not None and not value >= 0:
+                raise ValueError(f"{name} must be >= 0 or None, got {value!r}")
+        check.nonnegative_float(self.l2, "l2")
+        return get_schedule(self.lr_schedule)
+
+    def _agree(self, comm, problem):
+        """Check once that every rank has the same features/dtype; return (n_global, offset, k)."""
+        if problem.kind == gradients.Kind.SOFTMAX and problem.n > 0:
+            local_max = float(np.max(problem.y))
+        else:
+            local_max = -1.0
+        meta = comm.allgather_obj((problem.d, str(problem.dtype), problem.n, local_max))
+        widths = {m[0] for m in meta}
+        dtypes = {m[1] for m in meta}
+        if len(widths) > 1 or len(dtypes) > 1:
+            raise ValueError("ranks disagree on the data: (n_features, dtype) per rank = "
+                             + ", ".join(f"rank {r}: ({m[0]}, {m[1]})" for r, m in enumerate(meta)))
+        counts = [m[2] for m in meta]
+        n_global = sum(counts)
+        if n_global == 0:
+            raise ValueError("no rank has any rows: X is empty everywhere")
+        if self.batch_size is not None and self.batch_size > n_global:
+            raise ValueError(f"batch_size={self.batch_size} exceeds the {n_global} rows "
+                             "held by all ranks together")
+        k = 1
+        if problem.kind == gradients.Kind.SOFTMAX:
+            top = max(m[3] for m in meta)
+            if not np.isfinite(top):
+                raise ValueError("y must hold integer class labels 0..k-1 for softmax; "
+                                 "found NaN or infinity")
+            k = max(int(top) + 1, 2)
+        return n_global, sum(counts[:comm.rank]), k
+
+    # -- training -------------------------------------------------------------
+
+    def fit(self, X, y, sample_weight=None, *, coef_init=None, intercept_init=None):
+        """Train on this rank's shard (X (n_local, d), y (n_local,)); collective.
+
+        Every rank of the communicator must call fit; a rank may hold 0 rows.
+        """
+        comm = self.comm if self.comm is not None else LocalComm()
+        schedule = self._check_params()
+        problem = gradients.prepare(self.loss, X, y, sample_weight, allow_empty=True)
+        threads = check.n_threads(self.n_threads, gradients._kernels.max_threads())
+        n_global, offset, k = self._agree(comm, problem)
+        d = problem.d
+        dk = d * k
+
+        coef = np.zeros((d, k)) if coef_init is None else np.array(
+            gradients.coef_2d(coef_init, problem.kind, d, np.float64), dtype=np.float64)
+        if coef.shape != (d, k):
+            raise ValueError(f"coef_init must have shape {(d, k) if k > 1 else (d,)}")
+        intercept = np.zeros(k)
+        if intercept_init is not None:
+            intercept = gradients.intercept_1d(intercept_init, k, np.float64).copy()
+        velocity = np.zeros(dk + k)
+        buf = np.empty(dk + k + 3)                  # [grad sums, loss, weight, error flag]
+        no_intercept = np.empty(0, dtype=problem.dtype)
+        self.history_ = []
+        self.n_iter_ = 0
+        prev_loss = None
+        start = time.perf_counter()
+        for t in range(self.max_iter):
+            rows = self._local_batch(t, n_global, offset, problem.n)
+            work_coef = coef.astype(problem.dtype, copy=False)
+            work_b = intercept.astype(problem.dtype) if self.fit_intercept else no_intercept
+            loss_sum, weight_sum, error = self._local_sums(problem, work_coef, work_b, rows,
+                                                           buf, threads)
+            buf[dk + k:] = loss_sum, weight_sum, 0.0 if error is None else 1.0
+            comm.allreduce_sum(buf)
+            if buf[-1] > 0:
+                self._raise_any_error(comm, error)
+            weight = buf[dk + k + 1]
+            if not weight > 0:
+                raise ValueError("sample_weight sums to 0 over the rows of iteration "
+                                 f"{t}: weights must have a positive sum")
+            grad = buf[:dk + k] / weight
+            grad[:dk] += self.l2 * coef.ravel()
+            loss = buf[dk + k] / weight + 0.5 * self.l2 * float(coef.ravel() @ coef.ravel())
+            grad_norm = float(np.linalg.norm(grad))
+            if not (np.isfinite(loss) and np.isfinite(grad_norm)):
+                self._store(coef, intercept, k)
+                raise DivergenceError(
+                    f"training diverged at iteration {t}: the loss or gradient is not finite "
+                    f"(loss={loss}, lr={schedule(self.lr, t, self.max_iter)}); try a smaller "
+                    "learning rate. coef_/intercept_ hold the last finite model.")
+            lr_t = schedule(self.lr, t, self.max_iter)
+            self.history_.append({"iter": t, "loss": float(loss), "grad_norm": grad_norm,
+                                  "lr": float(lr_t),
+                                  "seconds": time.perf_counter() - start})
+            if self.gtol is not None and grad_norm <= self.gtol:
+                break
+            if (self.tol is not None and prev_loss is not None
+                    and abs(prev_loss - loss) <= self.tol * max(abs(prev_loss), 1e-300)):
+                break
+            prev_loss = loss
+            if self.momentum:
+                velocity *= self.momentum
+                velocity += grad
+                step = grad + self.momentum * velocity if self.nesterov else velocity
+            else:
+                step = grad
+            coef -= lr_t * step[:dk].reshape(d, k)
+            if self.fit_intercept:
+                intercept -= lr_t * step[dk:]
+            self.n_iter_ = t + 1
+        self._store(coef, intercept, k)
+        return self
+
+    def _local_batch(self, t, n_global, offset, n_local):
+        """This rank's rows of iteration t's global mini-batch (None: all rows)."""
+        if self.batch_size is None:
+            return None
+        rng = np.random.default_rng([self.seed, t])
+        batch = rng.choice(n_global, size=self.batch_size, replace=False)
+        mine = batch[(batch >= offset) & (batch < offset + n_local)] - offset
+        return np.sort(mine).astype(np.intp)
+
+    @staticmethod
+    def _local_sums(problem, coef, intercept, rows, buf, threads):
+        """Kernel sums of this rank's rows into buf: (loss_sum, weight_sum, error or None)."""
+        out = buf[:coef.size + coef.shape[1]]
+        if problem.n == 0:
+            out[:] = 0
+            return 0.0, 0.0, None
+        try:
+            return (*problem.sums(coef, intercept, rows, out, threads), None)
+        except ValueError as exc:
+            out[:] = 0
+            return 0.0, 0.0, exc
+
+    @staticmethod
+    def _raise_any_error(comm, error):
+        """After an Allreduce flagged a failure: every rank raises, naming the rank at fault."""
+        messages = comm.allgather_obj(None if error is None else str(error))
+        if error is not None:
+            raise error
+        culprit = next(r for r, m in enumerate(messages) if m is not None)
+        raise ValueError(f"rank {culprit} rejected its data: {messages[culprit]}")
+
+    def _store(self, coef, intercept, k):
+        self.coef_ = coef[:, 0].copy() if k == 1 else coef.copy()
+        if not self.fit_intercept:
+            self.intercept_ = 0.0 if k == 1 else np.zeros(k)
+        else:
+            self.intercept_ = float(intercept[0]) if k == 1 else intercept.copy()
+
+    # -- inference ------------------------------------------------------------
+
+    def predict(self, X):
+        """Predicted targets (squared) or labels (logistic, softmax) for local rows."""
+        return gradients.predict(self.loss, X, self.coef_, self.intercept_,
+                                 n_threads=self.n_threads)
+
+    def score(self, X, y):
+        """R^2 (squared) or accuracy (classification) over all ranks' rows; collective."""
+        comm = self.comm if self.comm is not None else LocalComm()
+        X = check.matrix(X, "X", allow_empty=True)
+        y = np.asarray(y, dtype=np.float64)
+        pred = (self.predict(X) if X.shape[0] else np.empty(0)).astype(np.float64)
+        if self.loss == "squared":
+            stats = np.array([np.sum((y - pred) ** 2), np.sum(y), np.sum(y * y), y.size])
+            comm.allreduce_sum(stats)
+            ss_res, s1, s2, n = stats
+            ss_tot = s2 - s1 * s1 / n
+            return float(1 - ss_res / ss_tot) if ss_tot > 0 else 0.0
+        stats = np.array([np.sum(pred == y), y.size], dtype=np.float64)
+        comm.allreduce_sum(stats)
+        return float(stats[0] / stats[1])
