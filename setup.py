@@ -31,6 +31,8 @@ SRC = os.path.join("src", "cyfed")
 HOT_MODULES = ["_losses"]
 # Modules built once, for the baseline ISA.
 PLAIN_MODULES = ["_cpu"]
+# C headers the kernels include (a change to one rebuilds them).
+HEADERS = [os.path.join(SRC, h) for h in ("_vector_math.h", "_vector_ops.h")]
 # Name suffix -> alternative flag sets (the first one the compiler accepts wins).
 SIMD_LEVELS = {
     "_x86_64_v3": [["-march=x86-64-v3"],
@@ -58,6 +60,7 @@ def extension(name, source):
     return Extension(
         f"cyfed.{name}",
         [source],
+        depends=HEADERS,
         include_dirs=[SRC, np.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     )

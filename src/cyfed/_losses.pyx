@@ -20,14 +20,12 @@ cdef extern from "_vector_math.h" nogil:
     int CYFED_NARROW_MAX
     int cyfed_max_threads()
     int cyfed_have_openmp()
-    void cyfed_dot4_d(const double*, const double*, const double*, const double*,
-                      const double*, Py_ssize_t, double*)
-    void cyfed_dot4_f(const float*, const float*, const float*, const float*,
-                      const float*, Py_ssize_t, float*)
-    void cyfed_axpy4_d(double*, const double*, const double*, const double*,
-                       const double*, const double*, Py_ssize_t)
-    void cyfed_axpy4_f(double*, const float*, const float*, const float*,
-                       const float*, const float*, Py_ssize_t)
+    void cyfed_dot8_d(const double**, const double*, Py_ssize_t, double*)
+    void cyfed_dot8_f(const float**, const float*, Py_ssize_t, float*)
+    void cyfed_prefetch8_d(const double**, Py_ssize_t)
+    void cyfed_prefetch8_f(const float**, Py_ssize_t)
+    void cyfed_axpy8_d(double*, const double*, const double**, Py_ssize_t)
+    void cyfed_axpy8_f(double*, const float*, const float**, Py_ssize_t)
     void cyfed_gemv4_d(const double*, const double*, const double*, const double*,
                        const double*, Py_ssize_t, Py_ssize_t, double*)
     void cyfed_gemv4_f(const float*, const float*, const float*, const float*,
@@ -70,8 +68,8 @@ cpdef enum Status:
     NEGATIVE_WEIGHT = 2    # sample_weight < 0
     BAD_ROW = 3            # row index outside [0, n)
 
-# Rows of X per block: the block stays in L2 between the margin and gradient passes.
-cdef Py_ssize_t BLOCK_BYTES = 64 * 1024
+# Rows of X per block: the block stays in L1 between the margin and gradient passes.
+cdef Py_ssize_t BLOCK_BYTES = 16 * 1024
 cdef Py_ssize_t MAX_BLOCK_ROWS = 256
 # Below this many multiply-adds a call runs on one thread (fork/join costs more).
 cdef Py_ssize_t MIN_WORK_PER_THREAD = 1 << 15
@@ -87,20 +85,27 @@ def max_threads():
     return cyfed_max_threads()
 
 
-cdef inline void dot4(const floating **x, const floating *c, Py_ssize_t n,
+cdef inline void dot8(const floating **x, const floating *c, Py_ssize_t n,
                       floating *out) noexcept nogil:
     if floating is double:
-        cyfed_dot4_d(x[0], x[1], x[2], x[3], c, n, out)
+        cyfed_dot8_d(x, c, n, out)
     else:
-        cyfed_dot4_f(x[0], x[1], x[2], x[3], c, n, out)
+        cyfed_dot8_f(x, c, n, out)
 
 
-cdef inline void axpy4(double *acc, const floating *r, const floating **x,
+cdef inline void prefetch8(const floating **x, Py_ssize_t n) noexcept nogil:
+    if floating is double:
+        cyfed_prefetch8_d(x, n)
+    else:
+        cyfed_prefetch8_f(x, n)
+
+
+cdef inline void axpy8(double *acc, const floating *r, const floating **x,
                        Py_ssize_t n) noexcept nogil:
     if floating is double:
-        cyfed_axpy4_d(acc, r, x[0], x[1], x[2], x[3], n)
+        cyfed_axpy8_d(acc, r, x, n)
     else:
-        cyfed_axpy4_f(acc, r, x[0], x[1], x[2], x[3], n)
+        cyfed_axpy8_f(acc, r, x, n)
 
 
 cdef inline void gemv4(const floating **x, const floating *W, Py_ssize_t d, Py_ssize_t k,
@@ -169,12 +174,12 @@ cdef inline void ger4_vec(double *G, const floating **x, const floating *R, Py_s
 
 
 cdef Py_ssize_t block_rows(Py_ssize_t d, Py_ssize_t itemsize) noexcept nogil:
-    """Rows per block: a multiple of 4 in [4, MAX_BLOCK_ROWS]."""
+    """Rows per block: a multiple of 8 in [8, MAX_BLOCK_ROWS]."""
     cdef Py_ssize_t b = BLOCK_BYTES // (d * itemsize)
     if b > MAX_BLOCK_ROWS:
         b = MAX_BLOCK_ROWS
-    b -= b % 4
-    return b if b >= 4 else 4
+    b -= b % 8
+    return b if b >= 8 else 8
 
 
 cdef Py_ssize_t choose_threads(Py_ssize_t requested, Py_ssize_t n_blocks,
@@ -194,7 +199,7 @@ cdef int gather_block(int kind, Py_ssize_t n, Py_ssize_t d, Py_ssize_t k,
                       double *wsum, Py_ssize_t *bad) noexcept nogil:
     """Collect row pointers, labels and weights of one block, validating them.
 
-    Pads the block to a multiple of 4 with weight-0 copies of its first row.
+    Pads the block to a multiple of 8 with weight-0 copies of its first row.
     """
     cdef Py_ssize_t i, row, label
     cdef floating yv, wv
@@ -221,7 +226,7 @@ cdef int gather_block(int kind, Py_ssize_t n, Py_ssize_t d, Py_ssize_t k,
         yb[i] = yv
         wb[i] = wv
         wsum[0] += wv
-    for i in range(m, (m + 3) & ~3):
+    for i in range(m, (m + 7) & ~7):
         xp[i] = xp[0]
         yb[i] = 0
         wb[i] = 0
@@ -230,12 +235,12 @@ cdef int gather_block(int kind, Py_ssize_t n, Py_ssize_t d, Py_ssize_t k,
 
 cdef struct Scratch:
     # Per-thread buffers of one kernel call (B = rows per block, kp = padded k).
-    void *z          # (B + 4) * kp margins, then gradient multipliers
-    void *yb         # B + 4 gathered labels
-    void *wb         # B + 4 gathered weights
+    void *z          # (B + 8) * kp margins, then gradient multipliers
+    void *yb         # B + 8 gathered labels
+    void *wb         # B + 8 gathered weights
     void *ones       # B unit weights (used when there are no sample weights)
     void *xcopy      # B * d gathered rows (narrow path with a row subset)
-    const void **xp  # B + 4 row pointers
+    const void **xp  # B + 8 row pointers
 
 
 cdef int run_blocks(int kind, const floating *X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t k,
@@ -270,10 +275,10 @@ cdef int run_blocks(int kind, const floating *X, Py_ssize_t n, Py_ssize_t d, Py_
     for blk in range(b0, b1):
         start = blk * B
         m = n_rows - start if n_rows - start < B else B
-        mp = (m + 3) & ~3
+        mp = (m + 7) & ~7
         if is_narrow and rows == NULL:
             Xb, yp, wp = X + start * d, y + start, (sw + start if sw != NULL else ones)
-            off = check_block(kind, yp, wp, m, &wsum)
+            off = check_block(kind, yp, sw + start if sw != NULL else NULL, m, &wsum)
             if off >= 0:
                 bad[0] = start + off
                 return NEGATIVE_WEIGHT if wp[off] < 0 else BAD_LABEL
@@ -289,27 +294,32 @@ cdef int run_blocks(int kind, const floating *X, Py_ssize_t n, Py_ssize_t d, Py_
                     xcopy[i * d + c] = xp[i][c]
             loss += narrow(kind, xcopy, m, d, coef, b0_, intercept != NULL, zb, yb, wb, gacc)
             continue
-        for i in range(0, mp, 4):
-            if kind == SOFTMAX:
+        if kind == SOFTMAX:
+            for i in range(0, mp, 4):
                 for c in range(4 * kp):
                     zb[i * kp + c] = intercept[c % kp] if intercept != NULL and c % kp < k else 0
                 if nv > 0:
                     gemv4_vec(xp + i, coef, d, nv, zb + i * kp, kp)
                 else:
                     gemv4(xp + i, coef, d, k, zb + i * k)
-            else:
-                dot4(xp + i, coef, d, zb + i)
-                if intercept != NULL:
-                    for c in range(4):
-                        zb[i + c] += intercept[0]
+        else:
+            for i in range(0, mp, 8):
+                if i + 8 < mp:
+                    prefetch8(xp + i + 8, d)
+                dot8(xp + i, coef, d, zb + i)
+            if intercept != NULL:
+                for i in range(mp):
+                    zb[i] += intercept[0]
         loss += link(kind, zb, yb, wb, mp, k, kp)
-        for i in range(0, mp, 4):
-            if kind != SOFTMAX:
-                axpy4(gacc, zb + i, xp + i, d)
-            elif nv > 0:
-                ger4_vec(gacc, xp + i, zb + i * kp, kp, d, nv)
-            else:
-                ger4(gacc, xp + i, zb + i * k, d, k)
+        if kind != SOFTMAX:
+            for i in range(0, mp, 8):
+                axpy8(gacc, zb + i, xp + i, d)
+        else:
+            for i in range(0, mp, 4):
+                if nv > 0:
+                    ger4_vec(gacc, xp + i, zb + i * kp, kp, d, nv)
+                else:
+                    ger4(gacc, xp + i, zb + i * k, d, k)
         if intercept != NULL:
             for i in range(mp):
                 for c in range(k):
@@ -360,9 +370,9 @@ def loss_grad_sums(int kind, const floating[:, ::1] X, const floating[::1] y,
         coef_used = np.zeros((d, kp), dtype=dtype)
         coef_used[:, :k] = coef
     cdef const floating[:, ::1] W = coef_used
-    cdef floating[:, ::1] zbuf = np.empty((nt, (B + 4) * kp), dtype=dtype)
-    cdef floating[:, ::1] vbuf = np.empty((nt, 3 * (B + 4) + B * d), dtype=dtype)
-    cdef size_t[:, ::1] xptr = np.empty((nt, B + 4), dtype=np.uintp)
+    cdef floating[:, ::1] zbuf = np.empty((nt, (B + 8) * kp), dtype=dtype)
+    cdef floating[:, ::1] vbuf = np.empty((nt, 3 * (B + 8) + B * d), dtype=dtype)
+    cdef size_t[:, ::1] xptr = np.empty((nt, B + 8), dtype=np.uintp)
     cdef double[:, ::1] gacc = np.zeros((nt, stride), dtype=np.float64)
     cdef double[:, ::1] sums = np.zeros((nt, 8), dtype=np.float64)
     cdef int[::1] status = np.zeros(nt, dtype=np.intc)
@@ -379,9 +389,9 @@ def loss_grad_sums(int kind, const floating[:, ::1] X, const floating[::1] y,
     for t in range(nt):
         scratch[t].z = &zbuf[t, 0]
         scratch[t].yb = &vbuf[t, 0]
-        scratch[t].wb = &vbuf[t, B + 4]
-        scratch[t].ones = &vbuf[t, 2 * (B + 4)]
-        scratch[t].xcopy = &vbuf[t, 3 * (B + 4)]
+        scratch[t].wb = &vbuf[t, B + 8]
+        scratch[t].ones = &vbuf[t, 2 * (B + 8)]
+        scratch[t].xcopy = &vbuf[t, 3 * (B + 8)]
         scratch[t].xp = <const void **>&xptr[t, 0]
     try:
         for t in prange(nt, nogil=True, num_threads=nt, schedule="static", chunksize=1):
@@ -415,37 +425,38 @@ def margins(const floating[:, ::1] X, const floating[:, ::1] coef,
             const floating[::1] intercept, floating[:, ::1] out, int n_threads):
     """out = X @ coef + intercept, shapes (n, d) @ (d, k) -> (n, k); intercept may be empty."""
     cdef Py_ssize_t n = X.shape[0], d = X.shape[1], k = coef.shape[1]
-    cdef Py_ssize_t n_quads = (n + 3) // 4
-    cdef Py_ssize_t nt = choose_threads(n_threads, n_quads, n * d * k)
+    cdef Py_ssize_t n_octs = (n + 7) // 8
+    cdef Py_ssize_t nt = choose_threads(n_threads, n_octs, n * d * k)
     if n == 0:
         return
     dtype = np.float32 if floating is float else np.float64
-    cdef floating[:, ::1] zbuf = np.empty((nt, 4 * k), dtype=dtype)
+    cdef floating[:, ::1] zbuf = np.empty((nt, 8 * k), dtype=dtype)
     cdef const floating *ic = &intercept[0] if intercept.shape[0] > 0 else NULL
     cdef Py_ssize_t t
     for t in prange(nt, nogil=True, num_threads=nt, schedule="static", chunksize=1):
         margins_range(&X[0, 0], n, d, k, &coef[0, 0], ic, &out[0, 0], &zbuf[t, 0],
-                      t * n_quads // nt, (t + 1) * n_quads // nt)
+                      t * n_octs // nt, (t + 1) * n_octs // nt)
 
 
 cdef void margins_range(const floating *X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t k,
                         const floating *coef, const floating *intercept, floating *out,
                         floating *z, Py_ssize_t q0, Py_ssize_t q1) noexcept nogil:
-    """Margins of rows 4*q0 .. 4*q1-1 (clipped to n), four rows at a time."""
-    cdef const floating *xp[4]
+    """Margins of rows 8*q0 .. 8*q1-1 (clipped to n), eight rows at a time."""
+    cdef const floating *xp[8]
     cdef Py_ssize_t q, u, c, i
     for q in range(q0, q1):
-        for u in range(4):
-            i = 4 * q + u
+        for u in range(8):
+            i = 8 * q + u
             xp[u] = X + (i if i < n else n - 1) * d
         if k == 1:
-            dot4(xp, coef, d, z)
+            dot8(xp, coef, d, z)
         else:
-            for c in range(4 * k):
+            for c in range(8 * k):
                 z[c] = 0
             gemv4(xp, coef, d, k, z)
-        for u in range(4):
-            i = 4 * q + u
+            gemv4(xp + 4, coef, d, k, z + 4 * k)
+        for u in range(8):
+            i = 8 * q + u
             if i < n:
                 for c in range(k):
                     out[i * k + c] = z[u * k + c] + (intercept[c] if intercept != NULL else 0)

@@ -4,6 +4,7 @@ import numbers
 import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+MAX_THREADS = 1 << 16
 
 
 def real_array(a, name):
@@ -62,8 +63,8 @@ def n_threads(value, default):
         return default
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"n_threads must be an int >= 1 or None, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"n_threads must be >= 1 or None, got {value}")
+    if not 1 <= value <= MAX_THREADS:
+        raise ValueError(f"n_threads must be in [1, {MAX_THREADS}] or None, got {value}")
     return int(value)
 
 

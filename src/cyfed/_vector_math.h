@@ -15,7 +15,7 @@
  *   log(x) = e ln 2 + log(m), m in [sqrt(2)/2, sqrt(2)), with the fdlibm
  *            expansion log(m) = f - (f^2/2 - s (f^2/2 + R(s^2))), s = f/(2+f).
  * Both are specialised to the arguments the losses use: exp for x <= 0,
- * log for finite x >= 1.
+ * log for x >= 1 (and log1p for t >= 0).
  */
 #ifndef CYFED_VECTOR_MATH_H
 #define CYFED_VECTOR_MATH_H
@@ -42,8 +42,10 @@ static inline int cyfed_have_openmp(void) { return 0; }
 
 #if defined(__GNUC__) || defined(__clang__)
 #define CYFED_RESTRICT __restrict__
+#define CYFED_INLINE inline __attribute__((always_inline))
 #else
 #define CYFED_RESTRICT
+#define CYFED_INLINE inline
 #endif
 
 static inline double cyfed_bits_to_double(int64_t b) { double x; memcpy(&x, &b, 8); return x; }
@@ -141,14 +143,14 @@ static inline float cyfed_log_ge1_f(float x)
     return (x - x == 0.0f) ? y : x + x;
 }
 
-/* log(1 + t) for t in [0, 1]: log(u) plus the rounding error of u = 1 + t. */
-static inline double cyfed_log1p_unit_d(double t)
+/* log(1 + t) for finite t >= 0: log(u) plus the rounding error of u = 1 + t. */
+static inline double cyfed_log1p_d(double t)
 {
     double u = 1.0 + t;
     return cyfed_log_ge1_d(u) + (t - (u - 1.0)) / u;
 }
 
-static inline float cyfed_log1p_unit_f(float t)
+static inline float cyfed_log1p_f(float t)
 {
     float u = 1.0f + t;
     return cyfed_log_ge1_f(u) + (t - (u - 1.0f)) / u;

@@ -3,40 +3,56 @@
  * _vector_math.h once with CYFED_T = double and once with CYFED_T = float.
  * A function `name` becomes cyfed_name_d / cyfed_name_f.
  *
- * The kernels walk X in blocks of rows; inside a block they take four rows at
- * a time so that each load of coef (or of a row of the softmax weights) serves
- * four rows, and so that the gradient accumulator sees one dependent update per
- * four rows instead of one per row.
+ * The kernels walk X in blocks of rows; inside a block they take eight rows
+ * (four for softmax) at a time so that each load of coef (or of a row of the
+ * softmax weights) serves several rows, and so that the gradient accumulator
+ * sees one load/store per eight rows instead of one per row.
  */
 #define CYFED_CAT2(a, b) a##_##b
 #define CYFED_CAT(a, b) CYFED_CAT2(a, b)
 #define CYFED_FN(name) CYFED_CAT(cyfed_##name, CYFED_S)
 
-/* out[u] = x_u . c for four rows x_u of length n. */
-static inline void CYFED_FN(dot4)(const CYFED_T *x0, const CYFED_T *x1, const CYFED_T *x2,
-                                  const CYFED_T *x3, const CYFED_T *CYFED_RESTRICT c,
+/* out[u] = x_u . c for eight rows x_u of length n (x points to 8 row pointers). */
+static inline void CYFED_FN(dot8)(const CYFED_T *const *x, const CYFED_T *CYFED_RESTRICT c,
                                   Py_ssize_t n, CYFED_T *CYFED_RESTRICT out)
 {
-    CYFED_T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-    CYFED_PRAGMA(omp simd reduction(+:s0, s1, s2, s3))
+    const CYFED_T *x0 = x[0], *x1 = x[1], *x2 = x[2], *x3 = x[3];
+    const CYFED_T *x4 = x[4], *x5 = x[5], *x6 = x[6], *x7 = x[7];
+    CYFED_T s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0;
+    CYFED_PRAGMA(omp simd reduction(+:s0, s1, s2, s3, s4, s5, s6, s7))
     for (Py_ssize_t j = 0; j < n; ++j) {
-        s0 += x0[j] * c[j];
-        s1 += x1[j] * c[j];
-        s2 += x2[j] * c[j];
-        s3 += x3[j] * c[j];
+        const CYFED_T cj = c[j];
+        s0 += x0[j] * cj; s1 += x1[j] * cj; s2 += x2[j] * cj; s3 += x3[j] * cj;
+        s4 += x4[j] * cj; s5 += x5[j] * cj; s6 += x6[j] * cj; s7 += x7[j] * cj;
     }
     out[0] = s0; out[1] = s1; out[2] = s2; out[3] = s3;
+    out[4] = s4; out[5] = s5; out[6] = s6; out[7] = s7;
 }
 
-/* acc[j] += sum_u r_u x_u[j]  (acc in double whatever the input type). */
-static inline void CYFED_FN(axpy4)(double *CYFED_RESTRICT acc, const CYFED_T *r,
-                                   const CYFED_T *x0, const CYFED_T *x1,
-                                   const CYFED_T *x2, const CYFED_T *x3, Py_ssize_t n)
+/* Ask for the cache lines of eight rows ahead of use (no-op without GCC/clang). */
+static inline void CYFED_FN(prefetch8)(const CYFED_T *const *x, Py_ssize_t n)
 {
+#if defined(__GNUC__) || defined(__clang__)
+    for (int u = 0; u < 8; ++u)
+        for (Py_ssize_t j = 0; j < n; j += (Py_ssize_t)(64 / sizeof(CYFED_T)))
+            __builtin_prefetch(x[u] + j, 0, 3);
+#else
+    (void)x; (void)n;
+#endif
+}
+
+/* acc[j] += sum_u r_u x_u[j] over eight rows (acc in double whatever the input type). */
+static inline void CYFED_FN(axpy8)(double *CYFED_RESTRICT acc, const CYFED_T *r,
+                                   const CYFED_T *const *x, Py_ssize_t n)
+{
+    const CYFED_T *x0 = x[0], *x1 = x[1], *x2 = x[2], *x3 = x[3];
+    const CYFED_T *x4 = x[4], *x5 = x[5], *x6 = x[6], *x7 = x[7];
     const CYFED_T r0 = r[0], r1 = r[1], r2 = r[2], r3 = r[3];
+    const CYFED_T r4 = r[4], r5 = r[5], r6 = r[6], r7 = r[7];
     CYFED_PRAGMA(omp simd)
     for (Py_ssize_t j = 0; j < n; ++j)
-        acc[j] += (double)(r0 * x0[j] + r1 * x1[j] + r2 * x2[j] + r3 * x3[j]);
+        acc[j] += (double)((r0 * x0[j] + r1 * x1[j]) + (r2 * x2[j] + r3 * x3[j])
+                           + ((r4 * x4[j] + r5 * x5[j]) + (r6 * x6[j] + r7 * x7[j])));
 }
 
 /* z_u[c] += sum_j x_u[j] W[j, c] for four rows; W is (d, k) C-ordered, z is (4, k). */
@@ -79,7 +95,7 @@ static inline void CYFED_FN(ger4)(double *CYFED_RESTRICT G, const CYFED_T *x0,
  */
 
 /* squared: loss = w (z - y)^2, r = 2 w (z - y). */
-static inline double CYFED_FN(link_squared)(CYFED_T *CYFED_RESTRICT z,
+static CYFED_INLINE double CYFED_FN(link_squared)(CYFED_T *CYFED_RESTRICT z,
                                             const CYFED_T *CYFED_RESTRICT y,
                                             const CYFED_T *CYFED_RESTRICT w, Py_ssize_t m)
 {
@@ -94,32 +110,39 @@ static inline double CYFED_FN(link_squared)(CYFED_T *CYFED_RESTRICT z,
 }
 
 /*
- * logistic, y in {0, 1}: loss = w (softplus(z) - y z), r = w (sigmoid(z) - y),
- * with softplus(z) = max(z, 0) + log1p(exp(-|z|)) and sigmoid from the same
- * t = exp(-|z|) <= 1, so nothing overflows for any margin.
+ * logistic, y in {0, 1}: with s = 1 - 2y (+1 for y = 0, -1 for y = 1),
+ *   loss = w softplus(s z) = w (max(s z, 0) + log1p(exp(-|z|))),
+ *   r    = w (sigmoid(z) - y) = w s sigmoid(s z),
+ * both from t = exp(-|z|) <= 1: nothing overflows, and a confidently right row
+ * (s z << 0) keeps full relative accuracy instead of cancelling z - z.
  */
-static inline double CYFED_FN(link_logistic)(CYFED_T *CYFED_RESTRICT z,
-                                             const CYFED_T *CYFED_RESTRICT y,
-                                             const CYFED_T *CYFED_RESTRICT w, Py_ssize_t m)
+static CYFED_INLINE double CYFED_FN(link_logistic)(CYFED_T *CYFED_RESTRICT z,
+                                                   const CYFED_T *CYFED_RESTRICT y,
+                                                   const CYFED_T *CYFED_RESTRICT w,
+                                                   Py_ssize_t m)
 {
     double loss = 0.0;
     CYFED_PRAGMA(omp simd reduction(+:loss))
     for (Py_ssize_t i = 0; i < m; ++i) {
-        const CYFED_T zi = z[i];
-        const CYFED_T a = zi < 0 ? -zi : zi;
-        const CYFED_T t = CYFED_FN(exp_neg)(-a);
+        const CYFED_T s = 1 - 2 * y[i];
+        const CYFED_T u = s * z[i];
+        const CYFED_T t = CYFED_FN(exp_neg)(u < 0 ? u : -u);
         const CYFED_T inv = 1 / (1 + t);
-        const CYFED_T p = zi >= 0 ? inv : t * inv;
-        const CYFED_T pos = zi > 0 ? zi : 0;
-        loss += (double)(w[i] * (pos + CYFED_FN(log1p_unit)(t) - y[i] * zi));
-        z[i] = w[i] * (p - y[i]);
+        const CYFED_T sig_u = u >= 0 ? inv : t * inv;
+        /* z - z is 0, or NaN for an infinite margin: overflow stays visible */
+        loss += (double)(w[i] * ((u > 0 ? u : 0) + CYFED_FN(log1p)(t) + (z[i] - z[i])));
+        z[i] = w[i] * s * sig_u;
     }
     return loss;
 }
 
 /*
- * softmax, y in 0..k-1: loss = w (logsumexp(z) - z_y), r_c = w (p_c - [c == y]),
- * p = exp(z - max z) / sum exp(z - max z).  z is (m, k) with row stride ldz >= k.
+ * softmax, y in 0..k-1, z is (m, k) with row stride ldz >= k.  With
+ * mx = max_c z_c (at c*), e_c = exp(z_c - mx), S = sum_c e_c and
+ * S' = S - e_{c*} (the other classes, summed without cancellation):
+ *   loss = w ((mx - z_y) + log1p(S')),
+ *   r_c  = w (e_c / S - [c == y]),  and r_y = -w S'/S when y = c*,
+ * so confidently right rows keep their relative accuracy.
  */
 static inline double CYFED_FN(link_softmax)(CYFED_T *CYFED_RESTRICT z,
                                             const CYFED_T *CYFED_RESTRICT y,
@@ -131,9 +154,10 @@ static inline double CYFED_FN(link_softmax)(CYFED_T *CYFED_RESTRICT z,
         CYFED_T *zi = z + i * ldz;
         const Py_ssize_t label = (Py_ssize_t)y[i];
         const CYFED_T z_label = zi[label];
-        CYFED_T mx = zi[0];
+        Py_ssize_t top = 0;
         for (Py_ssize_t c = 1; c < k; ++c)
-            mx = zi[c] > mx ? zi[c] : mx;
+            top = zi[c] > zi[top] ? c : top;
+        const CYFED_T mx = zi[top];
         CYFED_T s = 0;
         CYFED_PRAGMA(omp simd reduction(+:s))
         for (Py_ssize_t c = 0; c < k; ++c) {
@@ -141,16 +165,19 @@ static inline double CYFED_FN(link_softmax)(CYFED_T *CYFED_RESTRICT z,
             zi[c] = e;
             s += e;
         }
+        CYFED_T others = 0;
+        CYFED_PRAGMA(omp simd reduction(+:others))
+        for (Py_ssize_t c = 0; c < k; ++c)
+            others += c == top ? 0 : zi[c];
         const CYFED_T scale = w[i] / s;
         CYFED_PRAGMA(omp simd)
         for (Py_ssize_t c = 0; c < k; ++c)
             zi[c] *= scale;
-        zi[label] -= w[i];
-        loss += (double)w[i] * ((double)mx + (double)CYFED_FN(log_ge1)(s) - (double)z_label);
+        zi[label] = label == top ? -others * scale : zi[label] - w[i];
+        loss += (double)w[i] * ((double)(mx - z_label) + (double)CYFED_FN(log1p)(others));
     }
     return loss;
 }
-
 
 /*
  * Narrow X (d <= CYFED_NARROW_MAX columns, squared/logistic): the block's rows
@@ -212,24 +239,39 @@ static double CYFED_FN(narrow)(int kind, const CYFED_T *Xb, Py_ssize_t m, Py_ssi
 /*
  * Labels and weights of a contiguous block, checked with vectorised counts:
  * returns the offset of the first bad entry (label outside {0,1} for logistic,
- * weight < 0) or -1, and adds the weights to *wsum.
+ * weight < 0) or -1, and adds the weights (m when w is NULL) to *wsum.
  */
 static Py_ssize_t CYFED_FN(check_block)(int kind, const CYFED_T *y, const CYFED_T *w,
                                         Py_ssize_t m, double *wsum)
 {
-    Py_ssize_t n_bad = 0;
+    CYFED_T n_bad = 0;
     double s = 0.0;
-    CYFED_PRAGMA(omp simd reduction(+:n_bad, s))
-    for (Py_ssize_t i = 0; i < m; ++i) {
-        const int bad_label = kind == 1 && y[i] != 0 && y[i] != 1;
-        n_bad += bad_label | (w[i] < 0);
-        s += (double)w[i];
+    if (w == NULL) {
+        *wsum += (double)m;
+        if (kind != 1)
+            return -1;
+        CYFED_PRAGMA(omp simd reduction(+:n_bad))
+        for (Py_ssize_t i = 0; i < m; ++i)
+            n_bad += (y[i] != 0 && y[i] != 1) ? 1 : 0;
+    } else if (kind == 1) {
+        CYFED_PRAGMA(omp simd reduction(+:n_bad, s))
+        for (Py_ssize_t i = 0; i < m; ++i) {
+            n_bad += ((y[i] != 0 && y[i] != 1) ? 1 : 0) + (w[i] < 0 ? 1 : 0);
+            s += (double)w[i];
+        }
+        *wsum += s;
+    } else {
+        CYFED_PRAGMA(omp simd reduction(+:n_bad, s))
+        for (Py_ssize_t i = 0; i < m; ++i) {
+            n_bad += w[i] < 0 ? 1 : 0;
+            s += (double)w[i];
+        }
+        *wsum += s;
     }
-    *wsum += s;
     if (n_bad == 0)
         return -1;
     for (Py_ssize_t i = 0; i < m; ++i)
-        if ((kind == 1 && y[i] != 0 && y[i] != 1) || w[i] < 0)
+        if ((kind == 1 && y[i] != 0 && y[i] != 1) || (w != NULL && w[i] < 0))
             return i;
     return -1;
 }

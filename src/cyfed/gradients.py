@@ -186,9 +186,15 @@ def loss_grad(loss, X, y, coef, intercept=None, *, l2=0.0, sample_weight=None, r
                          f"got {weight_sum}")
 
     coef64 = coef2d.astype(np.float64, copy=False)
-    value = loss_sum / weight_sum + 0.5 * l2 * float(np.dot(coef64.ravel(), coef64.ravel()))
+    with np.errstate(over="ignore", invalid="ignore"):
+        value = loss_sum / weight_sum + 0.5 * l2 * float(np.dot(coef64.ravel(), coef64.ravel()))
     grad /= weight_sum
-    grad_coef = (grad[:d * k].reshape(d, k) + l2 * coef64).astype(dtype).reshape(coef_in_shape)
+    with np.errstate(over="ignore", invalid="ignore"):
+        grad_coef = (grad[:d * k].reshape(d, k) + l2 * coef64).astype(dtype)
+    grad_coef = grad_coef.reshape(coef_in_shape)
+    if not (np.isfinite(value) and np.isfinite(grad_coef).all()):
+        raise FloatingPointError(f"the L2 term (l2={l2}) overflowed in {dtype}: "
+                                 "coef is too large for this penalty")
     if intercept is None:
         grad_intercept = None
     elif k == 1:
