@@ -71,6 +71,8 @@ class MPIComm:
         self.comm = MPI.COMM_WORLD if comm is None else comm
         self.rank = self.comm.Get_rank()
         self.size = self.comm.Get_size()
+        if self.size > 1:
+            _abort_on_uncaught_exception(self)
 
     def allreduce_sum(self, buf):
         if not buf.flags.c_contiguous:
@@ -97,6 +99,30 @@ class MPIComm:
         sys.stderr.write(f"cyfed: rank {self.rank}: {message}\n")
         sys.stderr.flush()
         self.comm.Abort(code)
+
+
+def _abort_on_uncaught_exception(comm):
+    """Make an exception that escapes on one rank end the whole job, not hang the rest.
+
+    The other ranks would otherwise wait forever in their next collective; this
+    prints the traceback with the rank and calls MPI_Abort (as `python -m mpi4py` does).
+    """
+    import sys
+    import traceback
+
+    previous = sys.excepthook
+    if getattr(previous, "_cyfed_abort_hook", False):
+        return
+
+    def hook(exc_type, exc, tb):
+        if issubclass(exc_type, KeyboardInterrupt):
+            previous(exc_type, exc, tb)
+        text = "".join(traceback.format_exception(exc_type, exc, tb))
+        comm.abort(f"uncaught {exc_type.__name__}: {exc}; aborting all {comm.size} ranks\n"
+                   + text)
+
+    hook._cyfed_abort_hook = True
+    sys.excepthook = hook
 
 
 def launched_by_mpi():

@@ -170,10 +170,11 @@ class DistributedGD:
             if not weight > 0:
                 raise ValueError("sample_weight sums to 0 over the rows of iteration "
                                  f"{t}: weights must have a positive sum")
-            grad = buf[:dk + k] / weight
-            grad[:dk] += self.l2 * coef.ravel()
-            loss = buf[dk + k] / weight + 0.5 * self.l2 * float(coef.ravel() @ coef.ravel())
-            grad_norm = float(np.linalg.norm(grad))
+            with np.errstate(over="ignore", invalid="ignore"):   # divergence is checked below
+                grad = buf[:dk + k] / weight
+                grad[:dk] += self.l2 * coef.ravel()
+                loss = buf[dk + k] / weight + 0.5 * self.l2 * float(coef.ravel() @ coef.ravel())
+                grad_norm = float(np.linalg.norm(grad))
             if not (np.isfinite(loss) and np.isfinite(grad_norm)):
                 self._store(coef, intercept, k)
                 raise DivergenceError(
