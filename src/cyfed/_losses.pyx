@@ -22,17 +22,16 @@ cdef extern from "_vector_math.h" nogil:
     int cyfed_have_openmp()
     void cyfed_dot8_d(const double**, const double*, Py_ssize_t, double*)
     void cyfed_dot8_f(const float**, const float*, Py_ssize_t, float*)
-    void cyfed_prefetch8_d(const double**, Py_ssize_t)
-    void cyfed_prefetch8_f(const float**, Py_ssize_t)
+    void cyfed_prefetch_l2(const void*, Py_ssize_t)
     void cyfed_axpy8_d(double*, const double*, const double**, Py_ssize_t)
-    void cyfed_axpy8_f(double*, const float*, const float**, Py_ssize_t)
+    void cyfed_axpy8_f(float*, const float*, const float**, Py_ssize_t)
     void cyfed_gemv4_d(const double*, const double*, const double*, const double*,
                        const double*, Py_ssize_t, Py_ssize_t, double*)
     void cyfed_gemv4_f(const float*, const float*, const float*, const float*,
                        const float*, Py_ssize_t, Py_ssize_t, float*)
     void cyfed_ger4_d(double*, const double*, const double*, const double*,
                       const double*, const double*, Py_ssize_t, Py_ssize_t)
-    void cyfed_ger4_f(double*, const float*, const float*, const float*,
+    void cyfed_ger4_f(float*, const float*, const float*, const float*,
                       const float*, const float*, Py_ssize_t, Py_ssize_t)
     double cyfed_link_squared_d(double*, const double*, const double*, Py_ssize_t)
     double cyfed_link_squared_f(float*, const float*, const float*, Py_ssize_t)
@@ -45,7 +44,7 @@ cdef extern from "_vector_math.h" nogil:
     double cyfed_narrow_d(int, const double*, Py_ssize_t, Py_ssize_t, const double*, double,
                           int, double*, const double*, const double*, double*)
     double cyfed_narrow_f(int, const float*, Py_ssize_t, Py_ssize_t, const float*, float,
-                          int, float*, const float*, const float*, double*)
+                          int, float*, const float*, const float*, float*)
     Py_ssize_t cyfed_check_block_d(int, const double*, const double*, Py_ssize_t, double*)
     Py_ssize_t cyfed_check_block_f(int, const float*, const float*, Py_ssize_t, double*)
     void cyfed_gemv4_vec_d(const double*, const double*, const double*, const double*,
@@ -54,7 +53,7 @@ cdef extern from "_vector_math.h" nogil:
                            const float*, Py_ssize_t, int, float*, Py_ssize_t)
     void cyfed_ger4_vec_d(double*, const double*, const double*, const double*,
                           const double*, const double*, Py_ssize_t, Py_ssize_t, int)
-    void cyfed_ger4_vec_f(double*, const float*, const float*, const float*,
+    void cyfed_ger4_vec_f(float*, const float*, const float*, const float*,
                           const float*, const float*, Py_ssize_t, Py_ssize_t, int)
 
 cpdef enum LossKind:
@@ -93,14 +92,7 @@ cdef inline void dot8(const floating **x, const floating *c, Py_ssize_t n,
         cyfed_dot8_f(x, c, n, out)
 
 
-cdef inline void prefetch8(const floating **x, Py_ssize_t n) noexcept nogil:
-    if floating is double:
-        cyfed_prefetch8_d(x, n)
-    else:
-        cyfed_prefetch8_f(x, n)
-
-
-cdef inline void axpy8(double *acc, const floating *r, const floating **x,
+cdef inline void axpy8(floating *acc, const floating *r, const floating **x,
                        Py_ssize_t n) noexcept nogil:
     if floating is double:
         cyfed_axpy8_d(acc, r, x, n)
@@ -116,7 +108,7 @@ cdef inline void gemv4(const floating **x, const floating *W, Py_ssize_t d, Py_s
         cyfed_gemv4_f(x[0], x[1], x[2], x[3], W, d, k, z)
 
 
-cdef inline void ger4(double *G, const floating **x, const floating *R, Py_ssize_t d,
+cdef inline void ger4(floating *G, const floating **x, const floating *R, Py_ssize_t d,
                       Py_ssize_t k) noexcept nogil:
     if floating is double:
         cyfed_ger4_d(G, x[0], x[1], x[2], x[3], R, d, k)
@@ -142,7 +134,7 @@ cdef inline double link(int kind, floating *z, const floating *y, const floating
 
 cdef inline double narrow(int kind, const floating *Xb, Py_ssize_t m, Py_ssize_t d,
                           const floating *c, floating b, int has_b, floating *z,
-                          const floating *y, const floating *w, double *g) noexcept nogil:
+                          const floating *y, const floating *w, floating *g) noexcept nogil:
     if floating is double:
         return cyfed_narrow_d(kind, Xb, m, d, c, b, has_b, z, y, w, g)
     else:
@@ -165,7 +157,7 @@ cdef inline void gemv4_vec(const floating **x, const floating *Wp, Py_ssize_t d,
         cyfed_gemv4_vec_f(x[0], x[1], x[2], x[3], Wp, d, nv, z, ldz)
 
 
-cdef inline void ger4_vec(double *G, const floating **x, const floating *R, Py_ssize_t ldr,
+cdef inline void ger4_vec(floating *G, const floating **x, const floating *R, Py_ssize_t ldr,
                           Py_ssize_t d, int nv) noexcept nogil:
     if floating is double:
         cyfed_ger4_vec_d(G, x[0], x[1], x[2], x[3], R, ldr, d, nv)
@@ -233,6 +225,14 @@ cdef int gather_block(int kind, Py_ssize_t n, Py_ssize_t d, Py_ssize_t k,
     return OK
 
 
+cdef inline void flush_block(double *gacc, floating *gsum, Py_ssize_t n) noexcept nogil:
+    """Add a float32 block's gradient sums into the float64 accumulator (float64: no-op)."""
+    cdef Py_ssize_t j
+    if floating is float:
+        for j in range(n):
+            gacc[j] += gsum[j]
+
+
 cdef struct Scratch:
     # Per-thread buffers of one kernel call (B = rows per block, kp = padded k).
     void *z          # (B + 8) * kp margins, then gradient multipliers
@@ -240,6 +240,7 @@ cdef struct Scratch:
     void *wb         # B + 8 gathered weights
     void *ones       # B unit weights (used when there are no sample weights)
     void *xcopy      # B * d gathered rows (narrow path with a row subset)
+    void *gblk       # d * kp + k gradient sums of one block (float32 only)
     const void **xp  # B + 8 row pointers
 
 
@@ -262,18 +263,32 @@ cdef int run_blocks(int kind, const floating *X, Py_ssize_t n, Py_ssize_t d, Py_
     cdef floating *ones = <floating *>s.ones
     cdef floating *xcopy = <floating *>s.xcopy
     cdef const floating **xp = <const floating **>s.xp
+    # Gradient sums go straight into the float64 accumulator for float64 data;
+    # float32 data sums each block in float32 (full SIMD width) and adds the
+    # block's sums into float64, so rounding does not grow with n.
+    cdef floating *gsum
+    if floating is double:
+        gsum = gacc
+    else:
+        gsum = <floating *>s.gblk
+    cdef Py_ssize_t n_grad = d * kp + k
     cdef Py_ssize_t blk, start, m, mp, i, c, off
     cdef int status
     cdef double loss = 0.0, wsum = 0.0
     cdef bint is_narrow = kind != SOFTMAX and d <= CYFED_NARROW_MAX
     cdef floating b0_ = intercept[0] if intercept != NULL else 0
     cdef const floating *Xb
+    cdef const char *ahead = NULL
+    cdef Py_ssize_t ahead_bytes
     cdef const floating *yp
     cdef const floating *wp
     for i in range(B):
         ones[i] = 1
     for blk in range(b0, b1):
         start = blk * B
+        if floating is float:
+            for i in range(n_grad):
+                gsum[i] = 0
         m = n_rows - start if n_rows - start < B else B
         mp = (m + 7) & ~7
         if is_narrow and rows == NULL:
@@ -282,7 +297,8 @@ cdef int run_blocks(int kind, const floating *X, Py_ssize_t n, Py_ssize_t d, Py_
             if off >= 0:
                 bad[0] = start + off
                 return NEGATIVE_WEIGHT if wp[off] < 0 else BAD_LABEL
-            loss += narrow(kind, Xb, m, d, coef, b0_, intercept != NULL, zb, yp, wp, gacc)
+            loss += narrow(kind, Xb, m, d, coef, b0_, intercept != NULL, zb, yp, wp, gsum)
+            flush_block(gacc, gsum, n_grad)
             continue
         status = gather_block(kind, n, d, k, y, sw, rows, start, m, X, xp, yb, wb,
                               &wsum, bad)
@@ -292,10 +308,20 @@ cdef int run_blocks(int kind, const floating *X, Py_ssize_t n, Py_ssize_t d, Py_
             for i in range(m):
                 for c in range(d):
                     xcopy[i * d + c] = xp[i][c]
-            loss += narrow(kind, xcopy, m, d, coef, b0_, intercept != NULL, zb, yb, wb, gacc)
+            loss += narrow(kind, xcopy, m, d, coef, b0_, intercept != NULL, zb, yb, wb, gsum)
+            flush_block(gacc, gsum, n_grad)
             continue
+        if rows == NULL and blk + 1 < b1:
+            # the next block's rows, requested a slice per group of this block's rows
+            ahead = <const char *>(X + (start + B) * d)
+            ahead_bytes = (n_rows - start - B if n_rows - start - B < B else B) * d * sizeof(floating)
+        else:
+            ahead_bytes = 0
         if kind == SOFTMAX:
             for i in range(0, mp, 4):
+                if ahead_bytes > 0:
+                    cyfed_prefetch_l2(ahead + ahead_bytes * i // mp,
+                                      ahead_bytes * (i + 4) // mp - ahead_bytes * i // mp)
                 for c in range(4 * kp):
                     zb[i * kp + c] = intercept[c % kp] if intercept != NULL and c % kp < k else 0
                 if nv > 0:
@@ -304,8 +330,9 @@ cdef int run_blocks(int kind, const floating *X, Py_ssize_t n, Py_ssize_t d, Py_
                     gemv4(xp + i, coef, d, k, zb + i * k)
         else:
             for i in range(0, mp, 8):
-                if i + 8 < mp:
-                    prefetch8(xp + i + 8, d)
+                if ahead_bytes > 0:
+                    cyfed_prefetch_l2(ahead + ahead_bytes * i // mp,
+                                      ahead_bytes * (i + 8) // mp - ahead_bytes * i // mp)
                 dot8(xp + i, coef, d, zb + i)
             if intercept != NULL:
                 for i in range(mp):
@@ -313,17 +340,18 @@ cdef int run_blocks(int kind, const floating *X, Py_ssize_t n, Py_ssize_t d, Py_
         loss += link(kind, zb, yb, wb, mp, k, kp)
         if kind != SOFTMAX:
             for i in range(0, mp, 8):
-                axpy8(gacc, zb + i, xp + i, d)
+                axpy8(gsum, zb + i, xp + i, d)
         else:
             for i in range(0, mp, 4):
                 if nv > 0:
-                    ger4_vec(gacc, xp + i, zb + i * kp, kp, d, nv)
+                    ger4_vec(gsum, xp + i, zb + i * kp, kp, d, nv)
                 else:
-                    ger4(gacc, xp + i, zb + i * k, d, k)
+                    ger4(gsum, xp + i, zb + i * k, d, k)
         if intercept != NULL:
             for i in range(mp):
                 for c in range(k):
-                    gacc[d * kp + c] += zb[i * kp + c]
+                    gsum[d * kp + c] += zb[i * kp + c]
+        flush_block(gacc, gsum, n_grad)
     sums[0] = loss
     sums[1] = wsum
     return OK
@@ -371,7 +399,7 @@ def loss_grad_sums(int kind, const floating[:, ::1] X, const floating[::1] y,
         coef_used[:, :k] = coef
     cdef const floating[:, ::1] W = coef_used
     cdef floating[:, ::1] zbuf = np.empty((nt, (B + 8) * kp), dtype=dtype)
-    cdef floating[:, ::1] vbuf = np.empty((nt, 3 * (B + 8) + B * d), dtype=dtype)
+    cdef floating[:, ::1] vbuf = np.empty((nt, 3 * (B + 8) + B * d + stride), dtype=dtype)
     cdef size_t[:, ::1] xptr = np.empty((nt, B + 8), dtype=np.uintp)
     cdef double[:, ::1] gacc = np.zeros((nt, stride), dtype=np.float64)
     cdef double[:, ::1] sums = np.zeros((nt, 8), dtype=np.float64)
@@ -392,6 +420,7 @@ def loss_grad_sums(int kind, const floating[:, ::1] X, const floating[::1] y,
         scratch[t].wb = &vbuf[t, B + 8]
         scratch[t].ones = &vbuf[t, 2 * (B + 8)]
         scratch[t].xcopy = &vbuf[t, 3 * (B + 8)]
+        scratch[t].gblk = &vbuf[t, 3 * (B + 8) + B * d]
         scratch[t].xp = <const void **>&xptr[t, 0]
     try:
         for t in prange(nt, nogil=True, num_threads=nt, schedule="static", chunksize=1):

@@ -29,20 +29,8 @@ static inline void CYFED_FN(dot8)(const CYFED_T *const *x, const CYFED_T *CYFED_
     out[4] = s4; out[5] = s5; out[6] = s6; out[7] = s7;
 }
 
-/* Ask for the cache lines of eight rows ahead of use (no-op without GCC/clang). */
-static inline void CYFED_FN(prefetch8)(const CYFED_T *const *x, Py_ssize_t n)
-{
-#if defined(__GNUC__) || defined(__clang__)
-    for (int u = 0; u < 8; ++u)
-        for (Py_ssize_t j = 0; j < n; j += (Py_ssize_t)(64 / sizeof(CYFED_T)))
-            __builtin_prefetch(x[u] + j, 0, 3);
-#else
-    (void)x; (void)n;
-#endif
-}
-
-/* acc[j] += sum_u r_u x_u[j] over eight rows (acc in double whatever the input type). */
-static inline void CYFED_FN(axpy8)(double *CYFED_RESTRICT acc, const CYFED_T *r,
+/* acc[j] += sum_u r_u x_u[j] over eight rows. */
+static inline void CYFED_FN(axpy8)(CYFED_T *CYFED_RESTRICT acc, const CYFED_T *r,
                                    const CYFED_T *const *x, Py_ssize_t n)
 {
     const CYFED_T *x0 = x[0], *x1 = x[1], *x2 = x[2], *x3 = x[3];
@@ -51,8 +39,8 @@ static inline void CYFED_FN(axpy8)(double *CYFED_RESTRICT acc, const CYFED_T *r,
     const CYFED_T r4 = r[4], r5 = r[5], r6 = r[6], r7 = r[7];
     CYFED_PRAGMA(omp simd)
     for (Py_ssize_t j = 0; j < n; ++j)
-        acc[j] += (double)((r0 * x0[j] + r1 * x1[j]) + (r2 * x2[j] + r3 * x3[j])
-                           + ((r4 * x4[j] + r5 * x5[j]) + (r6 * x6[j] + r7 * x7[j])));
+        acc[j] += (r0 * x0[j] + r1 * x1[j]) + (r2 * x2[j] + r3 * x3[j])
+                  + ((r4 * x4[j] + r5 * x5[j]) + (r6 * x6[j] + r7 * x7[j]));
 }
 
 /* z_u[c] += sum_j x_u[j] W[j, c] for four rows; W is (d, k) C-ordered, z is (4, k). */
@@ -74,18 +62,18 @@ static inline void CYFED_FN(gemv4)(const CYFED_T *x0, const CYFED_T *x1, const C
     }
 }
 
-/* G[j, c] += sum_u x_u[j] R[u, c]; G is (d, k) double, R is (4, k). */
-static inline void CYFED_FN(ger4)(double *CYFED_RESTRICT G, const CYFED_T *x0,
+/* G[j, c] += sum_u x_u[j] R[u, c]; G is (d, k), R is (4, k). */
+static inline void CYFED_FN(ger4)(CYFED_T *CYFED_RESTRICT G, const CYFED_T *x0,
                                   const CYFED_T *x1, const CYFED_T *x2, const CYFED_T *x3,
                                   const CYFED_T *CYFED_RESTRICT R, Py_ssize_t d, Py_ssize_t k)
 {
     const CYFED_T *R0 = R, *R1 = R + k, *R2 = R + 2 * k, *R3 = R + 3 * k;
     for (Py_ssize_t j = 0; j < d; ++j) {
         const CYFED_T a0 = x0[j], a1 = x1[j], a2 = x2[j], a3 = x3[j];
-        double *g = G + j * k;
+        CYFED_T *g = G + j * k;
         CYFED_PRAGMA(omp simd)
         for (Py_ssize_t c = 0; c < k; ++c)
-            g[c] += (double)(a0 * R0[c] + a1 * R1[c] + a2 * R2[c] + a3 * R3[c]);
+            g[c] += a0 * R0[c] + a1 * R1[c] + a2 * R2[c] + a3 * R3[c];
     }
 }
 
@@ -190,7 +178,7 @@ static inline double CYFED_FN(link_softmax)(CYFED_T *CYFED_RESTRICT z,
 static double CYFED_CAT(CYFED_FN(narrow), D)(int kind, const CYFED_T *CYFED_RESTRICT Xb, \
         Py_ssize_t m, const CYFED_T *CYFED_RESTRICT c, CYFED_T b, int has_b,            \
         CYFED_T *CYFED_RESTRICT z, const CYFED_T *y, const CYFED_T *w,                  \
-        double *CYFED_RESTRICT g)                                                       \
+        CYFED_T *CYFED_RESTRICT g)                                                      \
 {                                                                                       \
     CYFED_PRAGMA(omp simd)                                                              \
     for (Py_ssize_t i = 0; i < m; ++i) {                                                \
@@ -224,7 +212,7 @@ CYFED_DEFINE_NARROW(13) CYFED_DEFINE_NARROW(14) CYFED_DEFINE_NARROW(15) CYFED_DE
 
 static double CYFED_FN(narrow)(int kind, const CYFED_T *Xb, Py_ssize_t m, Py_ssize_t d,
                                const CYFED_T *c, CYFED_T b, int has_b, CYFED_T *z,
-                               const CYFED_T *y, const CYFED_T *w, double *g)
+                               const CYFED_T *y, const CYFED_T *w, CYFED_T *g)
 {
     switch (d) {
 #define CYFED_CASE(D) case D: return CYFED_CAT(CYFED_FN(narrow), D)(kind, Xb, m, c, b, has_b, z, y, w, g);
@@ -323,29 +311,24 @@ static void CYFED_FN(gemv4_vec)(const CYFED_T *x0, const CYFED_T *x1, const CYFE
 }
 
 static inline __attribute__((always_inline)) void
-CYFED_FN(ger4_vec_impl)(double *G, const CYFED_T *x0, const CYFED_T *x1, const CYFED_T *x2,
+CYFED_FN(ger4_vec_impl)(CYFED_T *G, const CYFED_T *x0, const CYFED_T *x1, const CYFED_T *x2,
                         const CYFED_T *x3, const CYFED_T *R, Py_ssize_t ldr, Py_ssize_t d,
                         int nv)
 {
-    typedef double dvec __attribute__((vector_size(64 * sizeof(double) / sizeof(CYFED_T))));
-    typedef double udvec __attribute__((vector_size(64 * sizeof(double) / sizeof(CYFED_T)),
-                                        aligned(8)));
     CYFED_FN(vec) r[4][2];
     for (int u = 0; u < 4; ++u)
         for (int v = 0; v < nv; ++v)
             r[u][v] = CYFED_LD(R + u * ldr + v * CYFED_VLEN);
     for (Py_ssize_t j = 0; j < d; ++j) {
-        double *gj = G + j * nv * CYFED_VLEN;
+        CYFED_T *gj = G + j * nv * CYFED_VLEN;
         for (int v = 0; v < nv; ++v) {
-            const CYFED_FN(vec) s = x0[j] * r[0][v] + x1[j] * r[1][v]
-                                  + x2[j] * r[2][v] + x3[j] * r[3][v];
-            udvec *gv = (udvec *)(gj + v * CYFED_VLEN);
-            *gv = *gv + __builtin_convertvector(s, dvec);
+            CYFED_FN(uvec) *gv = (CYFED_FN(uvec) *)(gj + v * CYFED_VLEN);
+            *gv = *gv + (x0[j] * r[0][v] + x1[j] * r[1][v] + x2[j] * r[2][v] + x3[j] * r[3][v]);
         }
     }
 }
 
-static void CYFED_FN(ger4_vec)(double *G, const CYFED_T *x0, const CYFED_T *x1,
+static void CYFED_FN(ger4_vec)(CYFED_T *G, const CYFED_T *x0, const CYFED_T *x1,
                                const CYFED_T *x2, const CYFED_T *x3, const CYFED_T *R,
                                Py_ssize_t ldr, Py_ssize_t d, int nv)
 {
@@ -366,7 +349,7 @@ static void CYFED_FN(gemv4_vec)(const CYFED_T *x0, const CYFED_T *x1, const CYFE
     CYFED_FN(gemv4)(x0, x1, x2, x3, Wp, d, nv * (Py_ssize_t)(64 / sizeof(CYFED_T)), z);
 }
 
-static void CYFED_FN(ger4_vec)(double *G, const CYFED_T *x0, const CYFED_T *x1,
+static void CYFED_FN(ger4_vec)(CYFED_T *G, const CYFED_T *x0, const CYFED_T *x1,
                                const CYFED_T *x2, const CYFED_T *x3, const CYFED_T *R,
                                Py_ssize_t ldr, Py_ssize_t d, int nv)
 {
