@@ -38,9 +38,9 @@ cdef extern from "_vector_math.h" nogil:
     double cyfed_link_logistic_d(double*, const double*, const double*, Py_ssize_t)
     double cyfed_link_logistic_f(float*, const float*, const float*, Py_ssize_t)
     double cyfed_link_softmax_d(double*, const double*, const double*, Py_ssize_t, Py_ssize_t,
-                                Py_ssize_t)
+                                Py_ssize_t, double*)
     double cyfed_link_softmax_f(float*, const float*, const float*, Py_ssize_t, Py_ssize_t,
-                                Py_ssize_t)
+                                Py_ssize_t, float*)
     double cyfed_narrow_d(int, const double*, Py_ssize_t, Py_ssize_t, const double*, double,
                           int, double*, const double*, const double*, double*)
     double cyfed_narrow_f(int, const float*, Py_ssize_t, Py_ssize_t, const float*, float,
@@ -117,19 +117,20 @@ cdef inline void ger4(floating *G, const floating **x, const floating *R, Py_ssi
 
 
 cdef inline double link(int kind, floating *z, const floating *y, const floating *w,
-                        Py_ssize_t m, Py_ssize_t k, Py_ssize_t ldz) noexcept nogil:
+                        Py_ssize_t m, Py_ssize_t k, Py_ssize_t ldz,
+                        floating *work) noexcept nogil:
     if floating is double:
         if kind == SQUARED:
             return cyfed_link_squared_d(z, y, w, m)
         if kind == LOGISTIC:
             return cyfed_link_logistic_d(z, y, w, m)
-        return cyfed_link_softmax_d(z, y, w, m, k, ldz)
+        return cyfed_link_softmax_d(z, y, w, m, k, ldz, work)
     else:
         if kind == SQUARED:
             return cyfed_link_squared_f(z, y, w, m)
         if kind == LOGISTIC:
             return cyfed_link_logistic_f(z, y, w, m)
-        return cyfed_link_softmax_f(z, y, w, m, k, ldz)
+        return cyfed_link_softmax_f(z, y, w, m, k, ldz, work)
 
 
 cdef inline double narrow(int kind, const floating *Xb, Py_ssize_t m, Py_ssize_t d,
@@ -241,6 +242,7 @@ cdef struct Scratch:
     void *ones       # B unit weights (used when there are no sample weights)
     void *xcopy      # B * d gathered rows (narrow path with a row subset)
     void *gblk       # d * kp + k gradient sums of one block (float32 only)
+    void *work       # (k + 4) * (B + 8) class-major copy of a block (softmax link)
     const void **xp  # B + 8 row pointers
 
 
@@ -248,8 +250,8 @@ cdef int run_blocks(int kind, const floating *X, Py_ssize_t n, Py_ssize_t d, Py_
                     Py_ssize_t kp, int nv, const floating *y, const floating *sw,
                     const Py_ssize_t *rows, Py_ssize_t n_rows, Py_ssize_t B,
                     Py_ssize_t b0, Py_ssize_t b1, const floating *coef,
-                    const floating *intercept, Scratch s, double *gacc, double *sums,
-                    Py_ssize_t *bad) noexcept nogil:
+                    const floating *intercept, const floating *bpad, Scratch s, double *gacc,
+                    double *sums, Py_ssize_t *bad) noexcept nogil:
     """Loss and gradient sums over blocks b0..b1-1 into this thread's gacc/sums.
 
     Three paths: narrow X (squared/logistic, d <= CYFED_NARROW_MAX) with
@@ -272,7 +274,7 @@ cdef int run_blocks(int kind, const floating *X, Py_ssize_t n, Py_ssize_t d, Py_
     else:
         gsum = <floating *>s.gblk
     cdef Py_ssize_t n_grad = d * kp + k
-    cdef Py_ssize_t blk, start, m, mp, i, c, off
+    cdef Py_ssize_t blk, start, m, mp, i, c, u, off
     cdef int status
     cdef double loss = 0.0, wsum = 0.0
     cdef bint is_narrow = kind != SOFTMAX and d <= CYFED_NARROW_MAX
@@ -322,8 +324,9 @@ cdef int run_blocks(int kind, const floating *X, Py_ssize_t n, Py_ssize_t d, Py_
                 if ahead_bytes > 0:
                     cyfed_prefetch_l2(ahead + ahead_bytes * i // mp,
                                       ahead_bytes * (i + 4) // mp - ahead_bytes * i // mp)
-                for c in range(4 * kp):
-                    zb[i * kp + c] = intercept[c % kp] if intercept != NULL and c % kp < k else 0
+                for u in range(4):
+                    for c in range(kp):
+                        zb[(i + u) * kp + c] = bpad[c]
                 if nv > 0:
                     gemv4_vec(xp + i, coef, d, nv, zb + i * kp, kp)
                 else:
@@ -337,7 +340,7 @@ cdef int run_blocks(int kind, const floating *X, Py_ssize_t n, Py_ssize_t d, Py_
             if intercept != NULL:
                 for i in range(mp):
                     zb[i] += intercept[0]
-        loss += link(kind, zb, yb, wb, mp, k, kp)
+        loss += link(kind, zb, yb, wb, mp, k, kp, <floating *>s.work)
         if kind != SOFTMAX:
             for i in range(0, mp, 8):
                 axpy8(gsum, zb + i, xp + i, d)
@@ -398,8 +401,14 @@ def loss_grad_sums(int kind, const floating[:, ::1] X, const floating[::1] y,
         coef_used = np.zeros((d, kp), dtype=dtype)
         coef_used[:, :k] = coef
     cdef const floating[:, ::1] W = coef_used
+    # the intercept padded to kp columns (zeros: padding columns, or no intercept)
+    cdef floating[::1] bpad = np.zeros(kp, dtype=dtype)
+    if intercept.shape[0] > 0:
+        bpad[:k] = intercept
     cdef floating[:, ::1] zbuf = np.empty((nt, (B + 8) * kp), dtype=dtype)
-    cdef floating[:, ::1] vbuf = np.empty((nt, 3 * (B + 8) + B * d + stride), dtype=dtype)
+    cdef Py_ssize_t work_size = (k + 4) * (B + 8) if kind == SOFTMAX else 0
+    cdef floating[:, ::1] vbuf = np.empty((nt, 3 * (B + 8) + B * d + stride + work_size),
+                                          dtype=dtype)
     cdef size_t[:, ::1] xptr = np.empty((nt, B + 8), dtype=np.uintp)
     cdef double[:, ::1] gacc = np.zeros((nt, stride), dtype=np.float64)
     cdef double[:, ::1] sums = np.zeros((nt, 8), dtype=np.float64)
@@ -421,12 +430,13 @@ def loss_grad_sums(int kind, const floating[:, ::1] X, const floating[::1] y,
         scratch[t].ones = &vbuf[t, 2 * (B + 8)]
         scratch[t].xcopy = &vbuf[t, 3 * (B + 8)]
         scratch[t].gblk = &vbuf[t, 3 * (B + 8) + B * d]
+        scratch[t].work = &vbuf[t, 3 * (B + 8) + B * d + stride] if work_size > 0 else NULL
         scratch[t].xp = <const void **>&xptr[t, 0]
     try:
         for t in prange(nt, nogil=True, num_threads=nt, schedule="static", chunksize=1):
             status[t] = run_blocks(
                 kind, Xp, n, d, k, kp, nv, &y[0], swp, rp, n_rows, B,
-                t * n_blocks // nt, (t + 1) * n_blocks // nt, &W[0, 0], ic, scratch[t],
+                t * n_blocks // nt, (t + 1) * n_blocks // nt, &W[0, 0], ic, &bpad[0], scratch[t],
                 &gacc[t, 0], &sums[t, 0], &bad[t])
     finally:
         PyMem_Free(scratch)

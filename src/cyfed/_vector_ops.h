@@ -87,14 +87,14 @@ static CYFED_INLINE double CYFED_FN(link_squared)(CYFED_T *CYFED_RESTRICT z,
                                             const CYFED_T *CYFED_RESTRICT y,
                                             const CYFED_T *CYFED_RESTRICT w, Py_ssize_t m)
 {
-    double loss = 0.0;
+    CYFED_T loss = 0;   /* one block (<= 256 rows) in the working type, full SIMD width */
     CYFED_PRAGMA(omp simd reduction(+:loss))
     for (Py_ssize_t i = 0; i < m; ++i) {
         const CYFED_T res = z[i] - y[i];
-        loss += (double)(w[i] * res * res);
+        loss += w[i] * res * res;
         z[i] = 2 * w[i] * res;
     }
-    return loss;
+    return (double)loss;
 }
 
 /*
@@ -109,7 +109,7 @@ static CYFED_INLINE double CYFED_FN(link_logistic)(CYFED_T *CYFED_RESTRICT z,
                                                    const CYFED_T *CYFED_RESTRICT w,
                                                    Py_ssize_t m)
 {
-    double loss = 0.0;
+    CYFED_T loss = 0;
     CYFED_PRAGMA(omp simd reduction(+:loss))
     for (Py_ssize_t i = 0; i < m; ++i) {
         const CYFED_T s = 1 - 2 * y[i];
@@ -118,10 +118,10 @@ static CYFED_INLINE double CYFED_FN(link_logistic)(CYFED_T *CYFED_RESTRICT z,
         const CYFED_T inv = 1 / (1 + t);
         const CYFED_T sig_u = u >= 0 ? inv : t * inv;
         /* z - z is 0, or NaN for an infinite margin: overflow stays visible */
-        loss += (double)(w[i] * ((u > 0 ? u : 0) + CYFED_FN(log1p)(t) + (z[i] - z[i])));
+        loss += w[i] * ((u > 0 ? u : 0) + CYFED_FN(log1p)(t) + (z[i] - z[i]));
         z[i] = w[i] * s * sig_u;
     }
-    return loss;
+    return (double)loss;
 }
 
 /*
@@ -130,39 +130,61 @@ static CYFED_INLINE double CYFED_FN(link_logistic)(CYFED_T *CYFED_RESTRICT z,
  * S' = S - e_{c*} (the other classes, summed without cancellation):
  *   loss = w ((mx - z_y) + log1p(S')),
  *   r_c  = w (e_c / S - [c == y]),  and r_y = -w S'/S when y = c*,
- * so confidently right rows keep their relative accuracy.
+ * so confidently right rows keep their relative accuracy.  The block is
+ * copied class-major into `work` ((k + 4) * m entries) so that every step
+ * vectorises across rows rather than across the few classes of one row.
  */
 static inline double CYFED_FN(link_softmax)(CYFED_T *CYFED_RESTRICT z,
                                             const CYFED_T *CYFED_RESTRICT y,
                                             const CYFED_T *CYFED_RESTRICT w,
-                                            Py_ssize_t m, Py_ssize_t k, Py_ssize_t ldz)
+                                            Py_ssize_t m, Py_ssize_t k, Py_ssize_t ldz,
+                                            CYFED_T *CYFED_RESTRICT work)
 {
+    CYFED_T *zt = work, *mx = work + k * m, *top = mx + m, *sum = top + m, *others = sum + m;
+    for (Py_ssize_t i = 0; i < m; ++i)
+        for (Py_ssize_t c = 0; c < k; ++c)
+            zt[c * m + i] = z[i * ldz + c];
+    CYFED_PRAGMA(omp simd)
+    for (Py_ssize_t i = 0; i < m; ++i) {
+        mx[i] = zt[i];
+        top[i] = 0;
+        sum[i] = 0;
+        others[i] = 0;
+    }
+    for (Py_ssize_t c = 1; c < k; ++c) {
+        const CYFED_T *zc = zt + c * m;
+        CYFED_PRAGMA(omp simd)
+        for (Py_ssize_t i = 0; i < m; ++i) {
+            const int up = zc[i] > mx[i];
+            mx[i] = up ? zc[i] : mx[i];
+            top[i] = up ? (CYFED_T)c : top[i];
+        }
+    }
+    for (Py_ssize_t c = 0; c < k; ++c) {
+        CYFED_T *zc = zt + c * m;
+        CYFED_PRAGMA(omp simd)
+        for (Py_ssize_t i = 0; i < m; ++i) {
+            const CYFED_T e = CYFED_FN(exp_neg)(zc[i] - mx[i]);
+            zc[i] = e;
+            sum[i] += e;
+            others[i] += top[i] == (CYFED_T)c ? 0 : e;
+        }
+    }
     double loss = 0.0;
     for (Py_ssize_t i = 0; i < m; ++i) {
-        CYFED_T *zi = z + i * ldz;
         const Py_ssize_t label = (Py_ssize_t)y[i];
-        const CYFED_T z_label = zi[label];
-        Py_ssize_t top = 0;
-        for (Py_ssize_t c = 1; c < k; ++c)
-            top = zi[c] > zi[top] ? c : top;
-        const CYFED_T mx = zi[top];
-        CYFED_T s = 0;
-        CYFED_PRAGMA(omp simd reduction(+:s))
-        for (Py_ssize_t c = 0; c < k; ++c) {
-            const CYFED_T e = CYFED_FN(exp_neg)(zi[c] - mx);
-            zi[c] = e;
-            s += e;
-        }
-        CYFED_T others = 0;
-        CYFED_PRAGMA(omp simd reduction(+:others))
+        loss += (double)w[i] * ((double)(mx[i] - z[i * ldz + label])
+                                + (double)CYFED_FN(log1p)(others[i]));
+    }
+    CYFED_PRAGMA(omp simd)
+    for (Py_ssize_t i = 0; i < m; ++i)
+        sum[i] = w[i] / sum[i];                       /* now the scale w / S */
+    for (Py_ssize_t i = 0; i < m; ++i) {
+        const Py_ssize_t label = (Py_ssize_t)y[i];
+        CYFED_T *zi = z + i * ldz;
         for (Py_ssize_t c = 0; c < k; ++c)
-            others += c == top ? 0 : zi[c];
-        const CYFED_T scale = w[i] / s;
-        CYFED_PRAGMA(omp simd)
-        for (Py_ssize_t c = 0; c < k; ++c)
-            zi[c] *= scale;
-        zi[label] = label == top ? -others * scale : zi[label] - w[i];
-        loss += (double)w[i] * ((double)(mx - z_label) + (double)CYFED_FN(log1p)(others));
+            zi[c] = zt[c * m + i] * sum[i];
+        zi[label] = (CYFED_T)label == top[i] ? -others[i] * sum[i] : zi[label] - w[i];
     }
     return loss;
 }
