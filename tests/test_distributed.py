@@ -246,3 +246,58 @@ def test_predict_matches_numpy():
     X, y = well_conditioned(n=200, d=3)
     model = DistributedGD(lr=0.2, max_iter=200).fit(X, y)
     np.testing.assert_allclose(model.predict(X), X @ model.coef_ + model.intercept_, rtol=1e-12)
+
+
+# -- regressions from review: no rank may fail alone, inputs are named ----------
+
+@pytest.mark.mpi
+def test_a_rank_with_bad_input_fails_every_rank_without_hanging():
+    """The last rank's y is one short: prepare fails there, the others must not wait."""
+    X, y = well_conditioned(n=40)
+    Xs, ys = shard(X, y)
+    if COMM.rank == COMM.size - 1:
+        ys = ys[:-1]
+    with pytest.raises(ValueError, match=r"y must have shape|rejected its input"):
+        DistributedGD(max_iter=3, comm=COMM).fit(Xs, ys)
+
+
+@pytest.mark.mpi
+def test_nan_input_is_named_not_blamed_on_the_learning_rate():
+    X, y = well_conditioned(n=40)
+    X[-1, 0] = np.nan
+    with pytest.raises(ValueError, match=r"X contains NaN|rejected its input"):
+        DistributedGD(lr=0.1, max_iter=3, comm=COMM).fit(*shard(X, y))
+
+
+@pytest.mark.mpi
+def test_score_r2_with_a_large_offset_matches_two_pass_numpy():
+    X, y0 = well_conditioned(n=400, d=3)
+    y = 1e8 + 0.01 * y0
+    model = DistributedGD(lr=0.1, max_iter=50, comm=COMM).fit(*shard(X, y0))
+    model.coef_, model.intercept_ = 0.01 * model.coef_, 1e8 + 0.01 * model.intercept_
+    pred = X @ model.coef_ + model.intercept_
+    expected = 1 - np.sum((y - pred) ** 2) / np.sum((y - y.mean()) ** 2)
+    assert model.score(*shard(X, y)) == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.mpi
+def test_score_checks_y():
+    X, y = well_conditioned(n=40)
+    model = DistributedGD(max_iter=2, comm=COMM).fit(*shard(X, y))
+    Xs, ys = shard(X, y)
+    with pytest.raises(ValueError, match=r"y must have shape"):
+        model.score(Xs, ys.reshape(-1, 1))
+
+
+def test_softmax_label_far_too_large_is_refused_before_allocating():
+    X, _ = well_conditioned(n=10, d=2)
+    y = np.zeros(10)
+    y[3] = 1e9
+    with pytest.raises(ValueError, match="labels must be below"):
+        DistributedGD("softmax", max_iter=2).fit(X, y)
+
+
+def test_numpy_scalar_hyperparameters_are_accepted():
+    X, y = well_conditioned(n=50, d=2)
+    model = DistributedGD(lr=np.float32(0.1), max_iter=np.int64(3)).fit(X, y)
+    assert model.n_iter_ == 3

@@ -588,3 +588,26 @@ def test_softmax_confident_row_relative_accuracy(dtype_, z):
     p_other = np.exp(-z) / (1 + np.exp(-z))
     assert value == pytest.approx(np.log1p(np.exp(-z)), rel=rtol, abs=0)
     np.testing.assert_allclose(g[0], [-p_other, p_other], rtol=rtol)
+
+
+def test_float32_block_loss_does_not_overflow():
+    """256 float32 rows whose losses are each finite in float32 sum fine in float64."""
+    X = np.zeros((256, 1), dtype=np.float32)
+    y = np.full(256, 1.5e18, dtype=np.float32)
+    value, _, _ = cyfed.loss_grad("squared", X, y, np.zeros(1, dtype=np.float32))
+    assert value == pytest.approx(float(np.float32(1.5e18)) ** 2, rel=1e-6)
+
+
+@pytest.mark.parametrize("loss", ["squared", "logistic", "softmax"])
+def test_misaligned_input_is_handled(loss):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((33, 5))
+    raw = np.frombuffer(b"\0" + X.tobytes(), dtype=np.float64, offset=1).reshape(33, 5)
+    assert not raw.flags.aligned
+    k = 3 if loss == "softmax" else 1
+    coef = rng.standard_normal((5, k)) if loss == "softmax" else rng.standard_normal(5)
+    y = rng.integers(0, max(k, 2), 33).astype(float)
+    got = cyfed.loss_grad(loss, raw, y, coef)
+    want = cyfed.loss_grad(loss, X, y, coef)
+    assert got[0] == want[0]
+    np.testing.assert_array_equal(got[1], want[1])

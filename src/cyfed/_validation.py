@@ -19,7 +19,8 @@ def real_array(a, name):
 
 
 def matrix(a, name, *, allow_empty=False):
-    """A C-contiguous 2-d float array (copied once if strided or Fortran-ordered)."""
+    """A C-contiguous, aligned 2-d float array (copied once if strided, Fortran-ordered
+    or misaligned)."""
     arr = real_array(a, name)
     if arr.ndim != 2:
         raise ValueError(f"{name} must be a 2-d array of shape (n_samples, n_features), "
@@ -27,7 +28,7 @@ def matrix(a, name, *, allow_empty=False):
     if arr.shape[1] == 0 or (arr.shape[0] == 0 and not allow_empty):
         raise ValueError(f"{name} must have at least one row and one column, "
                          f"got shape {arr.shape}")
-    return np.ascontiguousarray(arr)
+    return np.require(arr, requirements=("C", "A"))
 
 
 def vector(a, name, length, dtype):
@@ -35,7 +36,7 @@ def vector(a, name, length, dtype):
     arr = real_array(a, name)
     if arr.ndim != 1 or arr.shape[0] != length:
         raise ValueError(f"{name} must have shape ({length},), got shape {arr.shape}")
-    return np.ascontiguousarray(arr, dtype=dtype)
+    return np.require(arr, dtype=dtype, requirements=("C", "A"))
 
 
 def finite(arr, name):

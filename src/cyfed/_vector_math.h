@@ -75,7 +75,9 @@ static inline double cyfed_exp_neg_d(double x)
     p = p * r + 0.5;
     p = p * r + 1.0;
     p = p * r + 1.0;
-    double y = cyfed_bits_to_double(cyfed_double_to_bits(p) + (cyfed_double_to_bits(t) << 52));
+    /* shift as unsigned: the exponent bits of n wrap modulo 2^64 as intended */
+    double y = cyfed_bits_to_double((int64_t)((uint64_t)cyfed_double_to_bits(p)
+                                              + ((uint64_t)cyfed_double_to_bits(t) << 52)));
     return x == x ? y : x;
 }
 
@@ -95,7 +97,8 @@ static inline float cyfed_exp_neg_f(float x)
     p = p * r + 0.5f;
     p = p * r + 1.0f;
     p = p * r + 1.0f;
-    float y = cyfed_bits_to_float(cyfed_float_to_bits(p) + (cyfed_float_to_bits(t) << 23));
+    float y = cyfed_bits_to_float((int32_t)((uint32_t)cyfed_float_to_bits(p)
+                                            + ((uint32_t)cyfed_float_to_bits(t) << 23)));
     return x == x ? y : x;
 }
 

@@ -87,14 +87,14 @@ static CYFED_INLINE double CYFED_FN(link_squared)(CYFED_T *CYFED_RESTRICT z,
                                             const CYFED_T *CYFED_RESTRICT y,
                                             const CYFED_T *CYFED_RESTRICT w, Py_ssize_t m)
 {
-    CYFED_T loss = 0;   /* one block (<= 256 rows) in the working type, full SIMD width */
+    double loss = 0.0;
     CYFED_PRAGMA(omp simd reduction(+:loss))
     for (Py_ssize_t i = 0; i < m; ++i) {
         const CYFED_T res = z[i] - y[i];
-        loss += w[i] * res * res;
+        loss += (double)(w[i] * res * res);
         z[i] = 2 * w[i] * res;
     }
-    return (double)loss;
+    return loss;
 }
 
 /*
@@ -109,7 +109,7 @@ static CYFED_INLINE double CYFED_FN(link_logistic)(CYFED_T *CYFED_RESTRICT z,
                                                    const CYFED_T *CYFED_RESTRICT w,
                                                    Py_ssize_t m)
 {
-    CYFED_T loss = 0;
+    double loss = 0.0;
     CYFED_PRAGMA(omp simd reduction(+:loss))
     for (Py_ssize_t i = 0; i < m; ++i) {
         const CYFED_T s = 1 - 2 * y[i];
@@ -118,10 +118,10 @@ static CYFED_INLINE double CYFED_FN(link_logistic)(CYFED_T *CYFED_RESTRICT z,
         const CYFED_T inv = 1 / (1 + t);
         const CYFED_T sig_u = u >= 0 ? inv : t * inv;
         /* z - z is 0, or NaN for an infinite margin: overflow stays visible */
-        loss += w[i] * ((u > 0 ? u : 0) + CYFED_FN(log1p)(t) + (z[i] - z[i]));
+        loss += (double)(w[i] * ((u > 0 ? u : 0) + CYFED_FN(log1p)(t) + (z[i] - z[i])));
         z[i] = w[i] * s * sig_u;
     }
-    return (double)loss;
+    return loss;
 }
 
 /*
@@ -196,6 +196,7 @@ static inline double CYFED_FN(link_softmax)(CYFED_T *CYFED_RESTRICT z,
  * along a row too short for a vector.  Returns the block's weighted loss and
  * adds sum_i r_i x_i to g[0..D-1] and sum_i r_i to g[D] when has_b.
  */
+#define CYFED_ACC(D, j) if (D > j) g##j += r * x[j];
 #define CYFED_DEFINE_NARROW(D)                                                          \
 static double CYFED_CAT(CYFED_FN(narrow), D)(int kind, const CYFED_T *CYFED_RESTRICT Xb, \
         Py_ssize_t m, const CYFED_T *CYFED_RESTRICT c, CYFED_T b, int has_b,            \
@@ -211,17 +212,24 @@ static double CYFED_CAT(CYFED_FN(narrow), D)(int kind, const CYFED_T *CYFED_REST
     }                                                                                   \
     double loss = kind == 0 ? CYFED_FN(link_squared)(z, y, w, m)                        \
                             : CYFED_FN(link_logistic)(z, y, w, m);                      \
-    CYFED_T gg[D] = {0};                                                                \
-    CYFED_T gb = 0;                                                                     \
-    CYFED_PRAGMA(omp simd reduction(+:gg[:D], gb))                                      \
+    /* one scalar accumulator per column (an array-section reduction spills) */      \
+    CYFED_T g0 = 0, g1 = 0, g2 = 0, g3 = 0, g4 = 0, g5 = 0, g6 = 0, g7 = 0, gb = 0;     \
+    CYFED_T g8 = 0, g9 = 0, g10 = 0, g11 = 0, g12 = 0, g13 = 0, g14 = 0, g15 = 0;      \
+    CYFED_PRAGMA(omp simd reduction(+:g0, g1, g2, g3, g4, g5, g6, g7, g8, g9, g10,    \
+                                      g11, g12, g13, g14, g15, gb))                    \
     for (Py_ssize_t i = 0; i < m; ++i) {                                                \
         const CYFED_T r = z[i];                                                         \
+        const CYFED_T *x = Xb + i * D;                                                  \
         gb += r;                                                                        \
-        for (int j = 0; j < D; ++j)                                                     \
-            gg[j] += r * Xb[i * D + j];                                                 \
+        CYFED_ACC(D, 0)  CYFED_ACC(D, 1)  CYFED_ACC(D, 2)  CYFED_ACC(D, 3)                          \
+        CYFED_ACC(D, 4)  CYFED_ACC(D, 5)  CYFED_ACC(D, 6)  CYFED_ACC(D, 7)                          \
+        CYFED_ACC(D, 8)  CYFED_ACC(D, 9)  CYFED_ACC(D, 10) CYFED_ACC(D, 11)                         \
+        CYFED_ACC(D, 12) CYFED_ACC(D, 13) CYFED_ACC(D, 14) CYFED_ACC(D, 15)                         \
     }                                                                                   \
+    const CYFED_T gsum[16] = {g0, g1, g2, g3, g4, g5, g6, g7,                           \
+                              g8, g9, g10, g11, g12, g13, g14, g15};                    \
     for (int j = 0; j < D; ++j)                                                         \
-        g[j] += gg[j];                                                                  \
+        g[j] += gsum[j];                                                                \
     if (has_b)                                                                          \
         g[D] += gb;                                                                     \
     return loss;                                                                        \
@@ -231,6 +239,7 @@ CYFED_DEFINE_NARROW(5)  CYFED_DEFINE_NARROW(6)  CYFED_DEFINE_NARROW(7)  CYFED_DE
 CYFED_DEFINE_NARROW(9)  CYFED_DEFINE_NARROW(10) CYFED_DEFINE_NARROW(11) CYFED_DEFINE_NARROW(12)
 CYFED_DEFINE_NARROW(13) CYFED_DEFINE_NARROW(14) CYFED_DEFINE_NARROW(15) CYFED_DEFINE_NARROW(16)
 #undef CYFED_DEFINE_NARROW
+#undef CYFED_ACC
 
 static double CYFED_FN(narrow)(int kind, const CYFED_T *Xb, Py_ssize_t m, Py_ssize_t d,
                                const CYFED_T *c, CYFED_T b, int has_b, CYFED_T *z,

@@ -117,6 +117,8 @@ def _abort_on_uncaught_exception(comm):
     def hook(exc_type, exc, tb):
         if issubclass(exc_type, KeyboardInterrupt):
             previous(exc_type, exc, tb)
+            comm.abort("interrupted", code=130)
+            return
         text = "".join(traceback.format_exception(exc_type, exc, tb))
         comm.abort(f"uncaught {exc_type.__name__}: {exc}; aborting all {comm.size} ranks\n"
                    + text)

@@ -15,6 +15,7 @@ seeded by (seed, t), and each rank evaluates the drawn rows it owns, so the
 trajectory does not depend on the number of ranks (only the order of the
 floating-point sums does).
 """
+import numbers
 import time
 
 import numpy as np
@@ -27,6 +28,48 @@ from cyfed.schedules import get_schedule
 
 class DivergenceError(FloatingPointError):
     """Training produced a non-finite loss or gradient."""
+
+
+# Labels above this are refused before any (d, k) array is allocated.
+MAX_CLASSES = 1 << 20
+
+
+def raise_if_any(comm, error):
+    """Collective: if `error` is set on any rank, raise on every rank.
+
+    The failing rank re-raises its own exception; the others raise ValueError
+    naming the first failing rank and its message.  Every rank must call this
+    at the same point, so that no rank is left waiting in a collective.
+    """
+    messages = comm.allgather_obj(None if error is None else f"{error}")
+    if error is not None:
+        raise error
+    for rank, message in enumerate(messages):
+        if message is not None:
+            raise ValueError(f"rank {rank} rejected its input: {message}")
+
+
+def on_every_rank(comm, fn):
+    """fn() on every rank; a ValueError/TypeError on any rank is raised on all of them."""
+    try:
+        return_value, error = fn(), None
+    except (ValueError, TypeError) as exc:
+        return_value, error = None, exc
+    raise_if_any(comm, error)
+    return return_value
+
+
+def local_labels_max(problem):
+    """Largest softmax label of this shard (-1 if empty), after checking the labels."""
+    if problem.n == 0:
+        return -1
+    y = problem.y
+    if not (np.all(np.isfinite(y)) and np.all(y >= 0) and np.all(y == np.floor(y))):
+        raise ValueError("y must hold integer class labels 0..k-1 for the softmax loss")
+    top = int(y.max())
+    if top >= MAX_CLASSES:
+        raise ValueError(f"y has a class label {top}; labels must be below {MAX_CLASSES}")
+    return top
 
 
 class DistributedGD:
@@ -81,12 +124,12 @@ class DistributedGD:
     # -- checks ---------------------------------------------------------------
 
     def _check_params(self):
-        if not (isinstance(self.lr, (int, float)) and np.isfinite(self.lr) and self.lr > 0):
+        if not (isinstance(self.lr, numbers.Real) and np.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
-        if not isinstance(self.max_iter, (int, np.integer)) or self.max_iter < 1:
+        if not isinstance(self.max_iter, numbers.Integral) or self.max_iter < 1:
             raise ValueError(f"max_iter must be an int >= 1, got {self.max_iter!r}")
         if self.batch_size is not None and (
-                not isinstance(self.batch_size, (int, np.integer)) or self.batch_size < 1):
+                not isinstance(self.batch_size, numbers.Integral) or self.batch_size < 1):
             raise ValueError(f"batch_size must be an int >= 1 or None, got {self.batch_size!r}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
@@ -99,13 +142,9 @@ class DistributedGD:
         check.nonnegative_float(self.l2, "l2")
         return get_schedule(self.lr_schedule)
 
-    def _agree(self, comm, problem):
+    def _agree(self, comm, problem, top_label):
         """Check once that every rank has the same features/dtype; return (n_global, offset, k)."""
-        if problem.kind == gradients.Kind.SOFTMAX and problem.n > 0:
-            local_max = float(np.max(problem.y))
-        else:
-            local_max = -1.0
-        meta = comm.allgather_obj((problem.d, str(problem.dtype), problem.n, local_max))
+        meta = comm.allgather_obj((problem.d, str(problem.dtype), problem.n, top_label))
         widths = {m[0] for m in meta}
         dtypes = {m[1] for m in meta}
         if len(widths) > 1 or len(dtypes) > 1:
@@ -118,13 +157,7 @@ class DistributedGD:
         if self.batch_size is not None and self.batch_size > n_global:
             raise ValueError(f"batch_size={self.batch_size} exceeds the {n_global} rows "
                              "held by all ranks together")
-        k = 1
-        if problem.kind == gradients.Kind.SOFTMAX:
-            top = max(m[3] for m in meta)
-            if not np.isfinite(top):
-                raise ValueError("y must hold integer class labels 0..k-1 for softmax; "
-                                 "found NaN or infinity")
-            k = max(int(top) + 1, 2)
+        k = max(max(m[3] for m in meta) + 1, 2) if problem.kind == gradients.Kind.SOFTMAX else 1
         return n_global, sum(counts[:comm.rank]), k
 
     # -- training -------------------------------------------------------------
@@ -135,20 +168,20 @@ class DistributedGD:
         Every rank of the communicator must call fit; a rank may hold 0 rows.
         """
         comm = self.comm if self.comm is not None else LocalComm()
-        schedule = self._check_params()
-        problem = gradients.prepare(self.loss, X, y, sample_weight, allow_empty=True)
-        threads = check.n_threads(self.n_threads, gradients._kernels.max_threads())
-        n_global, offset, k = self._agree(comm, problem)
+
+        def check_local_input():
+            schedule = self._check_params()
+            problem = gradients.prepare(self.loss, X, y, sample_weight, allow_empty=True)
+            threads = check.n_threads(self.n_threads, gradients._kernels.max_threads())
+            top = local_labels_max(problem) if problem.kind == gradients.Kind.SOFTMAX else -1
+            return schedule, problem, threads, top
+
+        schedule, problem, threads, top = on_every_rank(comm, check_local_input)
+        n_global, offset, k = self._agree(comm, problem, top)
         d = problem.d
         dk = d * k
-
-        coef = np.zeros((d, k)) if coef_init is None else np.array(
-            gradients.coef_2d(coef_init, problem.kind, d, np.float64), dtype=np.float64)
-        if coef.shape != (d, k):
-            raise ValueError(f"coef_init must have shape {(d, k) if k > 1 else (d,)}")
-        intercept = np.zeros(k)
-        if intercept_init is not None:
-            intercept = gradients.intercept_1d(intercept_init, k, np.float64).copy()
+        coef, intercept = on_every_rank(
+            comm, lambda: self._initial_model(problem.kind, d, k, coef_init, intercept_init))
         velocity = np.zeros(dk + k)
         buf = np.empty(dk + k + 3)                  # [grad sums, loss, weight, error flag]
         no_intercept = np.empty(0, dtype=problem.dtype)
@@ -165,7 +198,7 @@ class DistributedGD:
             buf[dk + k:] = loss_sum, weight_sum, 0.0 if error is None else 1.0
             comm.allreduce_sum(buf)
             if buf[-1] > 0:
-                self._raise_any_error(comm, error)
+                raise_if_any(comm, error)
             weight = buf[dk + k + 1]
             if not weight > 0:
                 raise ValueError("sample_weight sums to 0 over the rows of iteration "
@@ -177,6 +210,7 @@ class DistributedGD:
                 grad_norm = float(np.linalg.norm(grad))
             if not (np.isfinite(loss) and np.isfinite(grad_norm)):
                 self._store(coef, intercept, k)
+                raise_if_any(comm, self._non_finite_input(problem))
                 raise DivergenceError(
                     f"training diverged at iteration {t}: the loss or gradient is not finite "
                     f"(loss={loss}, lr={schedule(self.lr, t, self.max_iter)}); try a smaller "
@@ -204,6 +238,33 @@ class DistributedGD:
         self._store(coef, intercept, k)
         return self
 
+    @staticmethod
+    def _initial_model(kind, d, k, coef_init, intercept_init):
+        """(coef (d, k), intercept (k,)) in float64: zeros, or the given start."""
+        coef = np.zeros((d, k))
+        if coef_init is not None:
+            if np.shape(coef_init) != ((d, k) if k > 1 else (d,)):
+                raise ValueError(f"coef_init must have shape {(d, k) if k > 1 else (d,)}, "
+                                 f"got {np.shape(coef_init)}")
+            coef = np.array(gradients.coef_2d(coef_init, kind, d, np.float64), dtype=np.float64)
+        intercept = np.zeros(k)
+        if intercept_init is not None:
+            intercept = gradients.intercept_1d(intercept_init, k, np.float64).copy()
+        return coef, intercept
+
+    @staticmethod
+    def _non_finite_input(problem):
+        """A ValueError naming this shard's NaN/Inf input, or None if it is all finite."""
+        if problem.n == 0:
+            return None
+        try:
+            problem.raise_non_finite("loss")
+        except ValueError as exc:
+            return exc
+        except FloatingPointError:
+            return None
+        return None
+
     def _local_batch(self, t, n_global, offset, n_local):
         """This rank's rows of iteration t's global mini-batch (None: all rows)."""
         if self.batch_size is None:
@@ -226,15 +287,6 @@ class DistributedGD:
             out[:] = 0
             return 0.0, 0.0, exc
 
-    @staticmethod
-    def _raise_any_error(comm, error):
-        """After an Allreduce flagged a failure: every rank raises, naming the rank at fault."""
-        messages = comm.allgather_obj(None if error is None else str(error))
-        if error is not None:
-            raise error
-        culprit = next(r for r, m in enumerate(messages) if m is not None)
-        raise ValueError(f"rank {culprit} rejected its data: {messages[culprit]}")
-
     def _store(self, coef, intercept, k):
         self.coef_ = coef[:, 0].copy() if k == 1 else coef.copy()
         if not self.fit_intercept:
@@ -252,15 +304,20 @@ class DistributedGD:
     def score(self, X, y):
         """R^2 (squared) or accuracy (classification) over all ranks' rows; collective."""
         comm = self.comm if self.comm is not None else LocalComm()
-        X = check.matrix(X, "X", allow_empty=True)
-        y = np.asarray(y, dtype=np.float64)
-        pred = (self.predict(X) if X.shape[0] else np.empty(0)).astype(np.float64)
+
+        def local_predictions():
+            Xc = check.matrix(X, "X", allow_empty=True)
+            yc = check.vector(y, "y", Xc.shape[0], np.float64)
+            pred = self.predict(Xc).astype(np.float64) if Xc.shape[0] else np.empty(0)
+            return yc, pred
+
+        yc, pred = on_every_rank(comm, local_predictions)
         if self.loss == "squared":
-            stats = np.array([np.sum((y - pred) ** 2), np.sum(y), np.sum(y * y), y.size])
-            comm.allreduce_sum(stats)
-            ss_res, s1, s2, n = stats
-            ss_tot = s2 - s1 * s1 / n
-            return float(1 - ss_res / ss_tot) if ss_tot > 0 else 0.0
-        stats = np.array([np.sum(pred == y), y.size], dtype=np.float64)
-        comm.allreduce_sum(stats)
+            # two passes (global mean first): no cancellation for targets with a large offset
+            first = comm.allreduce_sum(np.array([yc.size, yc.sum()], dtype=np.float64))
+            mean = first[1] / first[0]
+            second = comm.allreduce_sum(np.array([np.sum((yc - pred) ** 2),
+                                                  np.sum((yc - mean) ** 2)]))
+            return float(1 - second[0] / second[1]) if second[1] > 0 else 0.0
+        stats = comm.allreduce_sum(np.array([np.sum(pred == yc), yc.size], dtype=np.float64))
         return float(stats[0] / stats[1])
