@@ -3,7 +3,8 @@
 Algorithms are written once against `Communicator` and never import mpi4py;
 this module is the only one that does, lazily, so `import cyfed` works with no
 MPI library installed.  Arrays travel through mpi4py's buffer methods
-(`Allreduce(MPI.IN_PLACE, buf)`, `Bcast`); pickling is only for small objects.
+(`Allreduce(MPI.IN_PLACE, buf)`, `Bcast`, `Gather`, `Gatherv`); pickling is
+only for small objects.
 """
 from typing import Protocol, runtime_checkable
 
@@ -22,6 +23,13 @@ class Communicator(Protocol):
 
     def bcast(self, buf: np.ndarray, root: int = 0) -> np.ndarray:
         """Overwrite `buf` on every rank with root's, in place; returns buf."""
+
+    def gather(self, buf: np.ndarray, root: int = 0):
+        """Every rank's equal-sized `buf` stacked in rank order on root ((size, *shape)); None elsewhere."""
+
+    def gatherv(self, buf: np.ndarray, root: int = 0):
+        """Every rank's 1-d `buf` (any lengths) concatenated in rank order on root,
+        with the per-rank counts: (array, counts) on root, (None, counts) elsewhere."""
 
     def bcast_obj(self, obj, root: int = 0):
         """Root's small picklable object, on every rank."""
@@ -47,6 +55,12 @@ class LocalComm:
 
     def bcast(self, buf, root=0):
         return buf
+
+    def gather(self, buf, root=0):
+        return np.array(buf)[None]
+
+    def gatherv(self, buf, root=0):
+        return np.array(buf).ravel(), [int(np.size(buf))]
 
     def bcast_obj(self, obj, root=0):
         return obj
@@ -83,6 +97,23 @@ class MPIComm:
     def bcast(self, buf, root=0):
         self.comm.Bcast(buf, root=root)
         return buf
+
+    def gather(self, buf, root=0):
+        buf = np.ascontiguousarray(buf)
+        out = np.empty((self.size, *buf.shape), dtype=buf.dtype) if self.rank == root else None
+        self.comm.Gather(buf, out, root=root)
+        return out
+
+    def gatherv(self, buf, root=0):
+        buf = np.ascontiguousarray(buf).ravel()
+        counts = self.comm.allgather(buf.size)
+        out = None
+        if self.rank == root:
+            out = np.empty(sum(counts), dtype=buf.dtype)
+            self.comm.Gatherv(buf, (out, counts), root=root)
+        else:
+            self.comm.Gatherv(buf, None, root=root)
+        return out, counts
 
     def bcast_obj(self, obj, root=0):
         return self.comm.bcast(obj, root=root)
