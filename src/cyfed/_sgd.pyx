@@ -1,0 +1,312 @@
+"""Local training of federated clients: whole mini-batch SGD runs in one compiled call.
+
+`train_clients` trains every sampled client of a round that this process hosts:
+for client c, E_c epochs over its rows, each epoch a fresh shuffle from a
+generator seeded by (seed, round, client id, epoch) (splitmix64, in C), each
+step on a mini-batch of B rows:
+
+    g = mean over the batch of dl/dw + l2 w + mu (w - w_global) + corr_c
+    v = momentum v + g;   w = w - lr v
+
+(FedProx's proximal term mu, SCAFFOLD's correction corr_c = c - c_c).  A
+client's result depends only on (seed, round, id, its data, the global model),
+never on the thread or rank that trained it.  Threads take clients dynamically.
+"""
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.stdint cimport uint32_t, uint64_t
+
+import numpy as np
+
+cdef extern from "_vector_math.h" nogil:
+    int cyfed_thread_id()
+    void cyfed_dot8_d(const double**, const double*, Py_ssize_t, double*)
+    void cyfed_dot8_f(const float**, const float*, Py_ssize_t, float*)
+    void cyfed_axpy8_d(double*, const double*, const double**, Py_ssize_t)
+    void cyfed_axpy8_f(float*, const float*, const float**, Py_ssize_t)
+    void cyfed_gemv4_vec_d(const double*, const double*, const double*, const double*,
+                           const double*, Py_ssize_t, int, double*, Py_ssize_t)
+    void cyfed_gemv4_vec_f(const float*, const float*, const float*, const float*,
+                           const float*, Py_ssize_t, int, float*, Py_ssize_t)
+    void cyfed_ger4_vec_d(double*, const double*, const double*, const double*,
+                          const double*, const double*, Py_ssize_t, Py_ssize_t, int)
+    void cyfed_ger4_vec_f(float*, const float*, const float*, const float*,
+                          const float*, const float*, Py_ssize_t, Py_ssize_t, int)
+    void cyfed_gemv4_d(const double*, const double*, const double*, const double*,
+                       const double*, Py_ssize_t, Py_ssize_t, double*)
+    void cyfed_gemv4_f(const float*, const float*, const float*, const float*,
+                       const float*, Py_ssize_t, Py_ssize_t, float*)
+    void cyfed_ger4_d(double*, const double*, const double*, const double*,
+                      const double*, const double*, Py_ssize_t, Py_ssize_t)
+    void cyfed_ger4_f(float*, const float*, const float*, const float*,
+                      const float*, const float*, Py_ssize_t, Py_ssize_t)
+    double cyfed_link_squared_d(double*, const double*, const double*, Py_ssize_t)
+    double cyfed_link_squared_f(float*, const float*, const float*, Py_ssize_t)
+    double cyfed_link_logistic_d(double*, const double*, const double*, Py_ssize_t)
+    double cyfed_link_logistic_f(float*, const float*, const float*, Py_ssize_t)
+    double cyfed_link_softmax_d(double*, const double*, const double*, Py_ssize_t, Py_ssize_t,
+                                Py_ssize_t, double*)
+    double cyfed_link_softmax_f(float*, const float*, const float*, Py_ssize_t, Py_ssize_t,
+                                Py_ssize_t, float*)
+
+cdef enum:
+    SQUARED = 0
+    LOGISTIC = 1
+    SOFTMAX = 2
+
+
+# -- seeded shuffles (splitmix64; Steele, Lea & Flood 2014) ---------------------------
+
+cdef inline uint64_t splitmix64(uint64_t *state) noexcept nogil:
+    cdef uint64_t z
+    state[0] += <uint64_t>0x9E3779B97F4A7C15
+    z = state[0]
+    z = (z ^ (z >> 30)) * <uint64_t>0xBF58476D1CE4E5B9
+    z = (z ^ (z >> 27)) * <uint64_t>0x94D049BB133111EB
+    return z ^ (z >> 31)
+
+
+cdef inline uint64_t stream_seed(uint64_t seed, uint64_t rnd, uint64_t client,
+                                 uint64_t epoch) noexcept nogil:
+    """A generator state that depends on (seed, round, client, epoch) only."""
+    cdef uint64_t s = seed
+    cdef uint64_t h = splitmix64(&s)
+    s = h ^ rnd
+    h = splitmix64(&s)
+    s = h ^ client
+    h = splitmix64(&s)
+    s = h ^ epoch
+    return splitmix64(&s)
+
+
+cdef void shuffle(Py_ssize_t *perm, Py_ssize_t n, uint64_t state) noexcept nogil:
+    """Fisher-Yates with a multiply-shift bounded draw (bias below n / 2^32)."""
+    cdef Py_ssize_t i, j, tmp
+    for i in range(n):
+        perm[i] = i
+    for i in range(n - 1, 0, -1):
+        j = <Py_ssize_t>(((splitmix64(&state) >> 32) * <uint64_t>(i + 1)) >> 32)
+        tmp = perm[i]
+        perm[i] = perm[j]
+        perm[j] = tmp
+
+
+def shuffled(Py_ssize_t n, uint64_t seed, uint64_t rnd, uint64_t client, uint64_t epoch):
+    """The permutation of range(n) that client `client` uses in (round, epoch) (for tests)."""
+    out = np.empty(n, dtype=np.intp)
+    cdef Py_ssize_t[::1] view = out
+    if n > 0:
+        shuffle(&view[0], n, stream_seed(seed, rnd, client, epoch))
+    return out
+
+
+# -- one mini-batch gradient ------------------------------------------------------------
+
+cdef double batch_gradient(int kind, const floating *X, const floating *y, Py_ssize_t d,
+                           Py_ssize_t k, Py_ssize_t kp, int nv, const Py_ssize_t *rows,
+                           Py_ssize_t m, const floating *W, const floating *b, int has_b,
+                           floating *G, floating *z, floating *yb, floating *wb,
+                           const floating **xp, floating *work) noexcept nogil:
+    """Sum over the m batch rows of the loss (returned) and of its gradient (into G,
+    (d*kp + k) entries, overwritten).  W is (d, kp); padding rows have weight 0."""
+    cdef Py_ssize_t i, c, group = 4 if kind == SOFTMAX else 8
+    cdef Py_ssize_t mp = (m + group - 1) // group * group
+    cdef double loss
+    for i in range(mp):
+        xp[i] = X + rows[i if i < m else 0] * d
+        yb[i] = y[rows[i if i < m else 0]]
+        wb[i] = 1 if i < m else 0
+    for i in range(d * kp + k):
+        G[i] = 0
+    if kind == SOFTMAX:
+        for i in range(mp):
+            for c in range(kp):
+                z[i * kp + c] = b[c] if (has_b and c < k) else 0
+        for i in range(0, mp, 4):
+            if floating is double:
+                if nv > 0:
+                    cyfed_gemv4_vec_d(xp[i], xp[i + 1], xp[i + 2], xp[i + 3], W, d, nv,
+                                      z + i * kp, kp)
+                else:
+                    cyfed_gemv4_d(xp[i], xp[i + 1], xp[i + 2], xp[i + 3], W, d, k, z + i * k)
+            else:
+                if nv > 0:
+                    cyfed_gemv4_vec_f(xp[i], xp[i + 1], xp[i + 2], xp[i + 3], W, d, nv,
+                                      z + i * kp, kp)
+                else:
+                    cyfed_gemv4_f(xp[i], xp[i + 1], xp[i + 2], xp[i + 3], W, d, k, z + i * k)
+        if floating is double:
+            loss = cyfed_link_softmax_d(z, yb, wb, mp, k, kp, work)
+        else:
+            loss = cyfed_link_softmax_f(z, yb, wb, mp, k, kp, work)
+        for i in range(0, mp, 4):
+            if floating is double:
+                if nv > 0:
+                    cyfed_ger4_vec_d(G, xp[i], xp[i + 1], xp[i + 2], xp[i + 3], z + i * kp,
+                                     kp, d, nv)
+                else:
+                    cyfed_ger4_d(G, xp[i], xp[i + 1], xp[i + 2], xp[i + 3], z + i * k, d, k)
+            else:
+                if nv > 0:
+                    cyfed_ger4_vec_f(G, xp[i], xp[i + 1], xp[i + 2], xp[i + 3], z + i * kp,
+                                     kp, d, nv)
+                else:
+                    cyfed_ger4_f(G, xp[i], xp[i + 1], xp[i + 2], xp[i + 3], z + i * k, d, k)
+    else:
+        for i in range(0, mp, 8):
+            if floating is double:
+                cyfed_dot8_d(xp + i, W, d, z + i)
+            else:
+                cyfed_dot8_f(xp + i, W, d, z + i)
+        if has_b:
+            for i in range(mp):
+                z[i] += b[0]
+        if kind == SQUARED:
+            if floating is double:
+                loss = cyfed_link_squared_d(z, yb, wb, mp)
+            else:
+                loss = cyfed_link_squared_f(z, yb, wb, mp)
+        else:
+            if floating is double:
+                loss = cyfed_link_logistic_d(z, yb, wb, mp)
+            else:
+                loss = cyfed_link_logistic_f(z, yb, wb, mp)
+        for i in range(0, mp, 8):
+            if floating is double:
+                cyfed_axpy8_d(G, z + i, xp + i, d)
+            else:
+                cyfed_axpy8_f(G, z + i, xp + i, d)
+    if has_b:
+        for i in range(mp):
+            for c in range(k):
+                G[d * kp + c] += z[i * kp + c]
+    return loss
+
+
+cdef struct Settings:
+    int kind
+    Py_ssize_t d, k, kp, batch, max_steps
+    int nv, has_b
+    double lr, l2, mu, momentum
+    uint64_t seed, rnd
+
+
+cdef void train_client(Settings s, const floating *X, const floating *y, Py_ssize_t n,
+                       uint64_t client, Py_ssize_t epochs, const floating *W0,
+                       const floating *b0, const floating *corr, floating *out,
+                       double *loss_out, Py_ssize_t *steps_out, floating *w, floating *v,
+                       floating *G, floating *z, floating *yb, floating *wb,
+                       const floating **xp, floating *work, Py_ssize_t *perm) noexcept nogil:
+    """E epochs of mini-batch SGD for one client, from the global (W0, b0); the local
+    model is written unpadded to out ((d*k + k) entries)."""
+    cdef Py_ssize_t d = s.d, k = s.k, kp = s.kp, P = d * kp + k
+    cdef Py_ssize_t e, start, m, j, c, steps = 0, rows_seen = 0
+    cdef double loss = 0.0, scale
+    cdef floating gj
+    cdef const floating *wg
+    for j in range(P):
+        w[j] = 0
+        v[j] = 0
+    for j in range(d):
+        for c in range(k):
+            w[j * kp + c] = W0[j * k + c]
+    for c in range(k):
+        w[d * kp + c] = b0[c] if s.has_b else 0
+    for e in range(epochs):
+        shuffle(perm, n, stream_seed(s.seed, s.rnd, client, e))
+        start = 0
+        while start < n and (s.max_steps <= 0 or steps < s.max_steps):
+            m = n - start if n - start < s.batch else s.batch
+            loss += batch_gradient(s.kind, X, y, d, k, kp, s.nv, perm + start, m, w,
+                                   w + d * kp, s.has_b, G, z, yb, wb, xp, work)
+            scale = 1.0 / m
+            for j in range(P):
+                if j >= d * kp and not s.has_b:
+                    break
+                gj = <floating>(G[j] * scale)
+                if j < d * kp:
+                    gj = gj + <floating>(s.l2 * w[j])
+                if s.mu != 0:
+                    if j < d * kp:
+                        gj = gj + <floating>(s.mu * (w[j] - W0[(j // kp) * k + j % kp])) \
+                            if j % kp < k else gj
+                    else:
+                        gj = gj + <floating>(s.mu * (w[j] - b0[j - d * kp]))
+                if corr != NULL:
+                    if j < d * kp:
+                        gj = gj + (corr[(j // kp) * k + j % kp] if j % kp < k else 0)
+                    else:
+                        gj = gj + corr[d * k + j - d * kp]
+                if s.momentum != 0:
+                    v[j] = <floating>(s.momentum * v[j]) + gj
+                    gj = v[j]
+                w[j] = w[j] - <floating>(s.lr * gj)
+            start += m
+            steps += 1
+            rows_seen += m
+    for j in range(d):
+        for c in range(k):
+            out[j * k + c] = w[j * kp + c]
+    for c in range(k):
+        out[d * k + c] = w[d * kp + c]
+    loss_out[0] = loss / rows_seen if rows_seen > 0 else 0.0
+    steps_out[0] = steps
+
+
+def train_clients(int kind, const floating[:, ::1] X, const floating[::1] y,
+                  const Py_ssize_t[::1] offsets, const Py_ssize_t[::1] which,
+                  const long long[::1] client_ids, const Py_ssize_t[::1] epochs,
+                  const floating[::1] global_params, const floating[:, ::1] corrections,
+                  floating[:, ::1] out, double[::1] losses, Py_ssize_t[::1] steps,
+                  Py_ssize_t n_classes, bint fit_intercept, Py_ssize_t batch_size,
+                  Py_ssize_t max_steps, double lr, double l2, double mu, double momentum,
+                  uint64_t seed, uint64_t rnd, int n_threads):
+    """Train clients `which` (positions into offsets) of this process in one call.
+
+    X, y: all hosted clients' rows concatenated, client i owning rows
+    offsets[i]:offsets[i+1]; client_ids[i]: its global id (seeds its shuffles);
+    epochs[i]: local epochs of the i-th trained client (0: dropped);
+    global_params: (d*k + k) flat (coef row-major, then intercept);
+    corrections: (len(which), d*k + k) SCAFFOLD corrections or shape (0, 0);
+    out (len(which), d*k + k): the local models; losses: mean batch loss;
+    steps: local steps taken.
+    """
+    cdef Py_ssize_t d = X.shape[1], k = n_classes, m_clients = which.shape[0]
+    cdef Py_ssize_t vlen = 64 // sizeof(floating)
+    cdef Settings s
+    s.kind = kind
+    s.d, s.k = d, k
+    s.nv = (k + vlen - 1) // vlen if kind == SOFTMAX and k <= 2 * vlen else 0
+    s.kp = s.nv * vlen if s.nv > 0 else k
+    s.batch, s.max_steps, s.has_b = batch_size, max_steps, fit_intercept
+    s.lr, s.l2, s.mu, s.momentum, s.seed, s.rnd = lr, l2, mu, momentum, seed, rnd
+    cdef Py_ssize_t kp = s.kp, P = d * kp + k, B8 = batch_size + 8
+    cdef Py_ssize_t max_rows = 0, i, t
+    for i in range(m_clients):
+        max_rows = max(max_rows, offsets[which[i] + 1] - offsets[which[i]])
+    cdef int nt = max(1, min(n_threads, m_clients))
+    if m_clients == 0:
+        return
+    dtype = np.float32 if floating is float else np.float64
+    cdef floating[:, ::1] buf = np.zeros((nt, 3 * P + B8 * (kp + 2) + (k + 4) * B8 + 8),
+                                         dtype=dtype)
+    cdef size_t[:, ::1] ptrs = np.zeros((nt, B8), dtype=np.uintp)
+    cdef Py_ssize_t[:, ::1] perms = np.zeros((nt, max(max_rows, 1)), dtype=np.intp)
+    cdef const floating *corr_base = &corrections[0, 0] if corrections.shape[0] > 0 else NULL
+    cdef const floating *Xp = &X[0, 0]
+    cdef const floating *yp = &y[0]
+    cdef const floating *gp = &global_params[0]
+    cdef floating *scratch
+    cdef Py_ssize_t row0
+    for i in prange(m_clients, nogil=True, num_threads=nt, schedule="dynamic"):
+        t = cyfed_thread_id()
+        scratch = &buf[t, 0]
+        row0 = offsets[which[i]]
+        train_client(s, Xp + row0 * d, yp + row0, offsets[which[i] + 1] - row0,
+                     <uint64_t>client_ids[i], epochs[i], gp, gp + d * k,
+                     corr_base + i * (d * k + k) if corr_base != NULL else NULL,
+                     &out[i, 0], &losses[i], &steps[i],
+                     scratch, scratch + P, scratch + 2 * P, scratch + 3 * P,
+                     scratch + 3 * P + B8 * kp, scratch + 3 * P + B8 * (kp + 1),
+                     <const floating **>&ptrs[t, 0], scratch + 3 * P + B8 * (kp + 2),
+                     &perms[t, 0])

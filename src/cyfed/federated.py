@@ -1,0 +1,288 @@
+"""Federated training rounds over many virtual clients, in one process or over MPI ranks.
+
+Clients 0..N-1 each hold their own (X_k, y_k) on exactly one rank.  A round:
+
+1. every rank draws the same sample of m = max(ceil(C N), min_clients) clients
+   (and their dropouts and stragglers) from a generator seeded by (seed, round);
+2. rank 0 broadcasts the strategy's payload (the model, plus server state);
+3. each rank trains the sampled clients it hosts in one compiled call
+   (`cyfed._sgd.train_clients`, threads over clients);
+4. messages, sample counts and losses are gathered on rank 0 (Gatherv), sorted
+   by client id, and the strategy aggregates them; the new model is broadcast.
+
+A client's update depends only on (seed, round, client id, its data, the
+model), and rank 0 aggregates in client-id order, so the final model is
+bit-identical for any number of ranks and worker threads.
+"""
+import math
+import time
+
+import numpy as np
+
+from cyfed import _validation as check
+from cyfed import gradients
+from cyfed._simd import load
+from cyfed.comm import LocalComm
+from cyfed.data import shard_rows
+from cyfed.distributed import local_labels_max, on_every_rank
+from cyfed.strategies import Strategy
+
+_sgd, _ = load("_sgd")
+
+
+class FederatedTrainer:
+    """Run federated rounds of `strategy` (FedAvg, FedSGD, FedProx, Scaffold, ...).
+
+    Parameters
+    ----------
+    strategy : cyfed.strategies.Strategy
+    loss : {"squared", "logistic", "softmax"}
+    rounds : int >= 1
+    clients_per_round : int, or fraction : float in (0, 1]
+        m = clients_per_round, or max(ceil(fraction * N), min_clients)
+        (default: every client).
+    local_epochs : int >= 1;  batch_size : int >= 1 or None (whole client);
+    lr : local learning rate;  l2 : L2 penalty;  momentum : local momentum;
+    max_local_steps : cap on a client's local steps per round (None: no cap)
+    dropout : probability that a sampled client does not report this round
+    straggler_fraction : share of sampled clients that run only a random
+        1..E-1 of their epochs (kept by FedProx, dropped by FedAvg)
+    seed : seeds sampling, dropouts, stragglers and every client's shuffles
+    n_workers : threads training clients concurrently in each process
+    comm : Communicator (default LocalComm: one process)
+
+    Attributes after fit: coef_, intercept_, history_ (one dict per round).
+    """
+
+    def __init__(self, strategy, loss="squared", *, rounds=10, clients_per_round=None,
+                 fraction=None, min_clients=1, local_epochs=1, batch_size=10, lr=0.01,
+                 l2=0.0, momentum=0.0, max_local_steps=None, fit_intercept=True,
+                 dropout=0.0, straggler_fraction=0.0, seed=0, n_workers=None, comm=None):
+        self.strategy, self.loss, self.rounds = strategy, loss, rounds
+        self.clients_per_round, self.fraction, self.min_clients = (clients_per_round, fraction,
+                                                                   min_clients)
+        self.local_epochs, self.batch_size, self.lr = local_epochs, batch_size, lr
+        self.l2, self.momentum, self.max_local_steps = l2, momentum, max_local_steps
+        self.fit_intercept, self.dropout = fit_intercept, dropout
+        self.straggler_fraction, self.seed = straggler_fraction, seed
+        self.n_workers, self.comm = n_workers, comm
+
+    # -- set-up -----------------------------------------------------------------
+
+    def _settings(self):
+        """Validated hyper-parameters, with the strategy's local overrides applied."""
+        if not isinstance(self.strategy, Strategy):
+            raise TypeError(f"strategy must be a cyfed.strategies.Strategy, got "
+                            f"{type(self.strategy).__name__}")
+        s = {"local_epochs": self.local_epochs, "batch_size": self.batch_size,
+             "max_local_steps": self.max_local_steps}
+        s.update(self.strategy.local_settings(self))
+        if not isinstance(self.rounds, int) or self.rounds < 1:
+            raise ValueError(f"rounds must be an int >= 1, got {self.rounds!r}")
+        if not isinstance(s["local_epochs"], int) or s["local_epochs"] < 1:
+            raise ValueError(f"local_epochs must be an int >= 1, got {s['local_epochs']!r}")
+        if s["batch_size"] is not None and (not isinstance(s["batch_size"], int)
+                                            or s["batch_size"] < 1):
+            raise ValueError(f"batch_size must be an int >= 1 or None, got {s['batch_size']!r}")
+        if not (np.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
+        if self.fraction is not None and not 0 < self.fraction <= 1:
+            raise ValueError(f"fraction (C) must be in (0, 1], got {self.fraction!r}")
+        for name in ("dropout", "straggler_fraction"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
+        check.nonnegative_float(self.l2, "l2")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
+        return s
+
+    def _hosted(self, clients, comm):
+        """{client id: (X, y)} for the clients this rank hosts, and N."""
+        if isinstance(clients, dict):
+            hosted = dict(clients)
+            ids = comm.allgather_obj(sorted(hosted))
+            every = sorted(i for part in ids for i in part)
+            n = len(every)
+            if every != list(range(n)):
+                raise ValueError("the ranks' client dicts must together hold ids 0..N-1 "
+                                 "exactly once")
+        else:
+            n = len(clients)
+            part = shard_rows(n, comm.rank, comm.size)
+            hosted = {i: clients[i] for i in range(part.start, part.stop)}
+        return hosted, n
+
+    def _sample_size(self, n):
+        if self.clients_per_round is not None:
+            m = self.clients_per_round
+        elif self.fraction is not None:
+            m = max(math.ceil(self.fraction * n), self.min_clients)
+        else:
+            m = n
+        if not isinstance(m, int) or not 1 <= m <= n:
+            raise ValueError(f"clients per round must be in [1, {n}] (the number of clients), "
+                             f"got {m!r}")
+        return m
+
+    def _prepare(self, hosted):
+        """Validate the hosted clients and concatenate their rows: (problem, offsets, ids)."""
+        ids = sorted(hosted)
+        parts = []
+        for cid in ids:
+            X_k, y_k = hosted[cid]
+            X_k = check.matrix(X_k, f"X of client {cid}", allow_empty=True)
+            if X_k.shape[0] == 0:
+                raise ValueError(f"client {cid} has 0 rows")
+            y_k = check.vector(y_k, f"y of client {cid}", X_k.shape[0], X_k.dtype)
+            check.finite(X_k, f"X of client {cid}")
+            check.finite(y_k, f"y of client {cid}")
+            if self.loss == "logistic" and not np.all((y_k == 0) | (y_k == 1)):
+                raise ValueError(f"y of client {cid} must hold labels 0 or 1 for the "
+                                 "logistic loss")
+            parts.append((X_k, y_k))
+        if len({p[0].shape[1] for p in parts}) > 1:
+            raise ValueError("clients disagree on the number of features: "
+                             + ", ".join(f"client {c}: {p[0].shape[1]}" for c, p in zip(ids, parts)))
+        if parts:
+            dtype = np.result_type(*[p[0].dtype for p in parts])
+            X = np.concatenate([p[0] for p in parts]).astype(dtype, copy=False)
+            y = np.concatenate([p[1] for p in parts]).astype(dtype, copy=False)
+        else:
+            X, y = np.empty((0, 1)), np.empty(0)
+        offsets = np.zeros(len(ids) + 1, dtype=np.intp)
+        offsets[1:] = np.cumsum([p[0].shape[0] for p in parts])
+        problem = gradients.prepare(self.loss, X, y, allow_empty=True)
+        top = -1
+        if problem.kind == gradients.Kind.SOFTMAX and problem.n:
+            top = local_labels_max(problem)
+        return problem, offsets, ids, top
+
+    # -- training ---------------------------------------------------------------
+
+    def fit(self, clients, test=None):
+        """Train on `clients`: a sequence of (X_k, y_k) for all ids, or this rank's
+        {id: (X_k, y_k)}; `test` = (X, y) evaluated on rank 0 after every round."""
+        comm = self.comm if self.comm is not None else LocalComm()
+        settings, (hosted, n_clients) = on_every_rank(
+            comm, lambda: (self._settings(), self._hosted(clients, comm)))
+        m = on_every_rank(comm, lambda: self._sample_size(n_clients))
+        problem, offsets, ids, top = on_every_rank(comm, lambda: self._prepare(hosted))
+        meta = comm.allgather_obj((problem.d if problem.n else None, str(problem.dtype), top))
+        widths = {w for w, _, _ in meta if w is not None}
+        dtypes = {t for w, t, _ in meta if w is not None}
+        if len(widths) > 1 or len(dtypes) > 1:
+            raise ValueError(f"ranks disagree on the clients' data: features {sorted(widths)}, "
+                             f"dtypes {sorted(dtypes)}")
+        d = widths.pop()
+        k = max(max(t for _, _, t in meta) + 1, 2) if problem.kind == gradients.Kind.SOFTMAX \
+            else 1
+        if problem.n == 0:
+            problem = gradients.prepare(self.loss, np.empty((0, d)), np.empty(0),
+                                        allow_empty=True)
+        threads = check.n_threads(self.n_workers, gradients._kernels.max_threads())
+        n_params = d * k + k
+        theta = np.zeros(n_params)
+        client_state = {}
+        position = {cid: i for i, cid in enumerate(ids)}
+        epochs, batch = settings["local_epochs"], settings["batch_size"]
+        max_steps = settings["max_local_steps"] or 0
+        self.history_ = []
+        start = time.perf_counter()
+        for rnd in range(self.rounds):
+            rng = np.random.default_rng([self.seed, rnd])
+            sampled = np.sort(rng.choice(n_clients, size=m, replace=False))
+            reports = rng.random(m) >= self.dropout
+            local_epochs = np.full(m, epochs, dtype=np.intp)
+            if self.straggler_fraction > 0 and epochs > 1:
+                slow = rng.random(m) < self.straggler_fraction
+                partial = rng.integers(1, epochs, size=m)
+                if self.strategy.keeps_stragglers:
+                    local_epochs = np.where(slow, partial, local_epochs)
+                else:
+                    reports &= ~slow
+            payload = comm.bcast(self.strategy.server_payload(theta).copy(), root=0)
+
+            mine = [i for i, cid in enumerate(sampled) if reports[i] and cid in position]
+            messages, info = self._train_local(problem, offsets, position, sampled, mine,
+                                               local_epochs, payload, theta, k, batch,
+                                               max_steps, threads, rnd, client_state)
+            all_messages, _ = comm.gatherv(messages.ravel(), root=0)
+            all_info, _ = comm.gatherv(info.ravel(), root=0)
+            record = {"round": rnd, "clients": int(reports.sum())}
+            if comm.rank == 0:
+                all_info = all_info.reshape(-1, 4)
+                order = np.argsort(all_info[:, 0], kind="stable")
+                all_info = all_info[order]
+                all_messages = all_messages.reshape(len(order), -1)[order]
+                if len(order):
+                    theta = self.strategy.aggregate(theta, all_messages, all_info[:, 1],
+                                                    all_info[:, 0].astype(np.int64), n_clients)
+                    record["train_loss"] = float(np.average(all_info[:, 2],
+                                                            weights=all_info[:, 1]))
+                record.update(self._evaluate(theta, d, k, test))
+            theta = comm.bcast(np.ascontiguousarray(theta, dtype=np.float64), root=0)
+            record["bytes_down"] = int(payload.nbytes)
+            record["bytes_up"] = int(messages.nbytes + info.nbytes)
+            record["seconds"] = time.perf_counter() - start
+            record = comm.bcast_obj(record if comm.rank == 0 else None, root=0) | {
+                "bytes_up": record["bytes_up"]}
+            self.history_.append(record)
+        self._store(theta, d, k)
+        return self
+
+    def _train_local(self, problem, offsets, position, sampled, mine, local_epochs, payload,
+                     theta, k, batch, max_steps, threads, rnd, client_state):
+        """Train this rank's reporting sampled clients: (messages (m, M), info (m, 4))."""
+        n_params = theta.size
+        width = self.strategy.client_message(payload, theta, 0, self.lr, -1, {}).size
+        if not mine:
+            return np.empty((0, width)), np.empty((0, 4))
+        which = np.array([position[sampled[i]] for i in mine], dtype=np.intp)
+        cids = np.array([sampled[i] for i in mine], dtype=np.int64)
+        corr = [self.strategy.client_correction(payload, int(c), client_state) for c in cids]
+        dtype = problem.dtype
+        corrections = (np.empty((0, 0), dtype=dtype) if corr[0] is None
+                       else np.ascontiguousarray(np.stack(corr), dtype=dtype))
+        out = np.empty((len(mine), n_params), dtype=dtype)
+        losses = np.empty(len(mine))
+        steps = np.empty(len(mine), dtype=np.intp)
+        sizes = offsets[which + 1] - offsets[which]
+        batch_size = int(sizes.max()) if batch is None else batch
+        _sgd.train_clients(int(problem.kind), problem.X, problem.y, offsets, which, cids,
+                           np.ascontiguousarray(local_epochs[mine], dtype=np.intp),
+                           theta.astype(dtype), corrections, out, losses, steps, k,
+                           self.fit_intercept, batch_size, max_steps, self.lr, self.l2,
+                           self.strategy.mu, self.momentum, self.seed, rnd, threads)
+        messages = np.stack([self.strategy.client_message(payload, out[j].astype(np.float64),
+                                                          int(steps[j]), self.lr, int(c),
+                                                          client_state)
+                             for j, c in enumerate(cids)])
+        info = np.column_stack([cids, sizes, losses, steps]).astype(np.float64)
+        return messages, info
+
+    def _evaluate(self, theta, d, k, test):
+        if test is None:
+            return {}
+        X, y = test
+        coef, b = self._split(theta, d, k)
+        value = gradients.loss_grad(self.loss, X, y, coef, b if self.fit_intercept else None)[0]
+        pred = gradients.predict(self.loss, X, coef, b if self.fit_intercept else None)
+        y = np.asarray(y, dtype=np.float64)
+        if self.loss == "squared":
+            score = 1 - np.sum((y - pred) ** 2) / np.sum((y - y.mean()) ** 2)
+            return {"test_loss": float(value), "test_r2": float(score)}
+        return {"test_loss": float(value), "test_accuracy": float(np.mean(pred == y))}
+
+    @staticmethod
+    def _split(theta, d, k):
+        coef = theta[:d * k].reshape(d, k)
+        b = theta[d * k:]
+        return (coef[:, 0], float(b[0])) if k == 1 else (coef, b)
+
+    def _store(self, theta, d, k):
+        self.coef_, self.intercept_ = self._split(theta.copy(), d, k)
+        if not self.fit_intercept:
+            self.intercept_ = 0.0 if k == 1 else np.zeros(k)
+
+    def predict(self, X):
+        return gradients.predict(self.loss, X, self.coef_, self.intercept_)
