@@ -183,6 +183,19 @@ cdef double batch_gradient(int kind, const floating *X, const floating *y, Py_ss
     return loss
 
 
+cdef inline void step_update(floating *w, floating *v, const floating *G,
+                             const floating *w0, const floating *cp, Py_ssize_t lo,
+                             Py_ssize_t hi, floating scale, floating l2, floating mu,
+                             floating mom, floating lr) noexcept nogil:
+    """v = mom v + (G scale + l2 w + mu (w - w0) + cp);  w -= lr v  over [lo, hi)."""
+    cdef Py_ssize_t j
+    cdef floating g
+    for j in range(lo, hi):
+        g = G[j] * scale + l2 * w[j] + mu * (w[j] - w0[j]) + cp[j]
+        v[j] = mom * v[j] + g
+        w[j] = w[j] - lr * v[j]
+
+
 cdef struct Settings:
     int kind
     Py_ssize_t d, k, kp, batch, max_steps
@@ -193,54 +206,46 @@ cdef struct Settings:
 
 cdef void train_client(Settings s, const floating *X, const floating *y, Py_ssize_t n,
                        uint64_t client, Py_ssize_t epochs, const floating *W0,
-                       const floating *b0, const floating *corr, floating *out,
+                       const floating *b0, const floating *corr, double *out,
                        double *loss_out, Py_ssize_t *steps_out, floating *w, floating *v,
-                       floating *G, floating *z, floating *yb, floating *wb,
-                       const floating **xp, floating *work, Py_ssize_t *perm) noexcept nogil:
+                       floating *G, floating *w0, floating *cp, floating *z, floating *yb,
+                       floating *wb, const floating **xp, floating *work,
+                       Py_ssize_t *perm) noexcept nogil:
     """E epochs of mini-batch SGD for one client, from the global (W0, b0); the local
-    model is written unpadded to out ((d*k + k) entries)."""
-    cdef Py_ssize_t d = s.d, k = s.k, kp = s.kp, P = d * kp + k
+    model is written unpadded to out ((d*k + k) entries).  w, v, G, w0 (the global
+    model) and cp (the correction) use the padded layout (d*kp + k)."""
+    cdef Py_ssize_t d = s.d, k = s.k, kp = s.kp, P = d * kp + k, dkp = d * kp
     cdef Py_ssize_t e, start, m, j, c, steps = 0, rows_seen = 0
-    cdef double loss = 0.0, scale
-    cdef floating gj
-    cdef const floating *wg
+    cdef double loss = 0.0
+    cdef floating scale, lr = <floating>s.lr, l2 = <floating>s.l2, mu = <floating>s.mu
+    cdef floating mom = <floating>s.momentum
     for j in range(P):
-        w[j] = 0
+        w0[j] = 0
+        cp[j] = 0
         v[j] = 0
     for j in range(d):
         for c in range(k):
-            w[j * kp + c] = W0[j * k + c]
+            w0[j * kp + c] = W0[j * k + c]
+            if corr != NULL:
+                cp[j * kp + c] = corr[j * k + c]
     for c in range(k):
-        w[d * kp + c] = b0[c] if s.has_b else 0
+        w0[dkp + c] = b0[c] if s.has_b else 0
+        if corr != NULL:
+            cp[dkp + c] = corr[d * k + c]
+    for j in range(P):
+        w[j] = w0[j]
     for e in range(epochs):
         shuffle(perm, n, stream_seed(s.seed, s.rnd, client, e))
         start = 0
         while start < n and (s.max_steps <= 0 or steps < s.max_steps):
             m = n - start if n - start < s.batch else s.batch
             loss += batch_gradient(s.kind, X, y, d, k, kp, s.nv, perm + start, m, w,
-                                   w + d * kp, s.has_b, G, z, yb, wb, xp, work)
-            scale = 1.0 / m
-            for j in range(P):
-                if j >= d * kp and not s.has_b:
-                    break
-                gj = <floating>(G[j] * scale)
-                if j < d * kp:
-                    gj = gj + <floating>(s.l2 * w[j])
-                if s.mu != 0:
-                    if j < d * kp:
-                        gj = gj + <floating>(s.mu * (w[j] - W0[(j // kp) * k + j % kp])) \
-                            if j % kp < k else gj
-                    else:
-                        gj = gj + <floating>(s.mu * (w[j] - b0[j - d * kp]))
-                if corr != NULL:
-                    if j < d * kp:
-                        gj = gj + (corr[(j // kp) * k + j % kp] if j % kp < k else 0)
-                    else:
-                        gj = gj + corr[d * k + j - d * kp]
-                if s.momentum != 0:
-                    v[j] = <floating>(s.momentum * v[j]) + gj
-                    gj = v[j]
-                w[j] = w[j] - <floating>(s.lr * gj)
+                                   w + dkp, s.has_b, G, z, yb, wb, xp, work)
+            scale = <floating>(1.0 / m)
+            # g = mean gradient + l2 w (coef only) + mu (w - w_global) + correction
+            step_update(w, v, G, w0, cp, 0, dkp, scale, l2, mu, mom, lr)
+            if s.has_b:
+                step_update(w, v, G, w0, cp, dkp, P, scale, 0, mu, mom, lr)
             start += m
             steps += 1
             rows_seen += m
@@ -248,7 +253,7 @@ cdef void train_client(Settings s, const floating *X, const floating *y, Py_ssiz
         for c in range(k):
             out[j * k + c] = w[j * kp + c]
     for c in range(k):
-        out[d * k + c] = w[d * kp + c]
+        out[d * k + c] = w[dkp + c]
     loss_out[0] = loss / rows_seen if rows_seen > 0 else 0.0
     steps_out[0] = steps
 
@@ -257,7 +262,7 @@ def train_clients(int kind, const floating[:, ::1] X, const floating[::1] y,
                   const Py_ssize_t[::1] offsets, const Py_ssize_t[::1] which,
                   const long long[::1] client_ids, const Py_ssize_t[::1] epochs,
                   const floating[::1] global_params, const floating[:, ::1] corrections,
-                  floating[:, ::1] out, double[::1] losses, Py_ssize_t[::1] steps,
+                  double[:, ::1] out, double[::1] losses, Py_ssize_t[::1] steps,
                   Py_ssize_t n_classes, bint fit_intercept, Py_ssize_t batch_size,
                   Py_ssize_t max_steps, double lr, double l2, double mu, double momentum,
                   uint64_t seed, uint64_t rnd, int n_threads):
@@ -268,7 +273,8 @@ def train_clients(int kind, const floating[:, ::1] X, const floating[::1] y,
     epochs[i]: local epochs of the i-th trained client (0: dropped);
     global_params: (d*k + k) flat (coef row-major, then intercept);
     corrections: (len(which), d*k + k) SCAFFOLD corrections or shape (0, 0);
-    out (len(which), d*k + k): the local models; losses: mean batch loss;
+    out (>= len(which), d*k + k) float64: the local models (first len(which) rows);
+    losses: mean batch loss;
     steps: local steps taken.
     """
     cdef Py_ssize_t d = X.shape[1], k = n_classes, m_clients = which.shape[0]
@@ -288,10 +294,10 @@ def train_clients(int kind, const floating[:, ::1] X, const floating[::1] y,
     if m_clients == 0:
         return
     dtype = np.float32 if floating is float else np.float64
-    cdef floating[:, ::1] buf = np.zeros((nt, 3 * P + B8 * (kp + 2) + (k + 4) * B8 + 8),
+    cdef floating[:, ::1] buf = np.empty((nt, 5 * P + B8 * (kp + 2) + (k + 4) * B8 + 8),
                                          dtype=dtype)
     cdef size_t[:, ::1] ptrs = np.zeros((nt, B8), dtype=np.uintp)
-    cdef Py_ssize_t[:, ::1] perms = np.zeros((nt, max(max_rows, 1)), dtype=np.intp)
+    cdef Py_ssize_t[:, ::1] perms = np.empty((nt, max(max_rows, 1)), dtype=np.intp)
     cdef const floating *corr_base = &corrections[0, 0] if corrections.shape[0] > 0 else NULL
     cdef const floating *Xp = &X[0, 0]
     cdef const floating *yp = &y[0]
@@ -306,7 +312,7 @@ def train_clients(int kind, const floating[:, ::1] X, const floating[::1] y,
                      <uint64_t>client_ids[i], epochs[i], gp, gp + d * k,
                      corr_base + i * (d * k + k) if corr_base != NULL else NULL,
                      &out[i, 0], &losses[i], &steps[i],
-                     scratch, scratch + P, scratch + 2 * P, scratch + 3 * P,
-                     scratch + 3 * P + B8 * kp, scratch + 3 * P + B8 * (kp + 1),
-                     <const floating **>&ptrs[t, 0], scratch + 3 * P + B8 * (kp + 2),
-                     &perms[t, 0])
+                     scratch, scratch + P, scratch + 2 * P, scratch + 3 * P, scratch + 4 * P,
+                     scratch + 5 * P, scratch + 5 * P + B8 * kp,
+                     scratch + 5 * P + B8 * (kp + 1), <const floating **>&ptrs[t, 0],
+                     scratch + 5 * P + B8 * (kp + 2), &perms[t, 0])

@@ -6,12 +6,16 @@ threaded BLAS, so the result is bit-identical wherever it is computed.
 """
 import numpy as np
 
+from cyfed._simd import load
+
+_kernels, _ = load("_aggregate")
+
 
 def _updates(updates):
     U = np.asarray(updates)
     if U.ndim != 2 or U.shape[0] == 0:
         raise ValueError(f"updates must have shape (n_clients >= 1, n_params), got {U.shape}")
-    if U.dtype.kind != "f":
+    if U.dtype not in (np.float32, np.float64):
         U = U.astype(np.float64)
     return U
 
@@ -22,7 +26,7 @@ def weighted_mean(updates, weights):
     updates : (K, d);  weights : (K,) with entries >= 0 and a positive sum.
     """
     U = _updates(updates)
-    w = np.asarray(weights, dtype=np.float64)
+    w = np.ascontiguousarray(weights, dtype=np.float64)
     if w.shape != (U.shape[0],):
         raise ValueError(f"weights must have shape ({U.shape[0]},), got {w.shape}")
     if not np.all(np.isfinite(w)) or np.any(w < 0):
@@ -30,10 +34,9 @@ def weighted_mean(updates, weights):
     total = w.sum()
     if not total > 0:
         raise ValueError("weights must have a positive sum")
-    acc = np.zeros(U.shape[1], dtype=np.float64)
-    for wi, row in zip(w, U):       # fixed order: deterministic to the bit
-        acc += wi * row
-    return (acc / total).astype(U.dtype)
+    acc = np.empty(U.shape[1])
+    _kernels.weighted_sum(np.ascontiguousarray(U), w, acc)
+    return (acc / total).astype(U.dtype, copy=False)
 
 
 def finite_rows(updates):

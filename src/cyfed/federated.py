@@ -162,6 +162,13 @@ class FederatedTrainer:
     def fit(self, clients, test=None):
         """Train on `clients`: a sequence of (X_k, y_k) for all ids, or this rank's
         {id: (X_k, y_k)}; `test` = (X, y) evaluated on rank 0 after every round."""
+        self.setup(clients)
+        for rnd in range(self.rounds):
+            self.run_round(rnd, test)
+        return self
+
+    def setup(self, clients):
+        """Validate everything (on every rank, before any round) and start from theta = 0."""
         comm = self.comm if self.comm is not None else LocalComm()
         settings, (hosted, n_clients) = on_every_rank(
             comm, lambda: (self._settings(), self._hosted(clients, comm)))
@@ -179,71 +186,81 @@ class FederatedTrainer:
         if problem.n == 0:
             problem = gradients.prepare(self.loss, np.empty((0, d)), np.empty(0),
                                         allow_empty=True)
-        threads = check.n_threads(self.n_workers, gradients._kernels.max_threads())
-        n_params = d * k + k
-        theta = np.zeros(n_params)
-        client_state = {}
-        position = {cid: i for i, cid in enumerate(ids)}
-        epochs, batch = settings["local_epochs"], settings["batch_size"]
-        max_steps = settings["max_local_steps"] or 0
+        self._run = {
+            "comm": comm, "n_clients": n_clients, "m": m, "problem": problem,
+            "offsets": offsets,
+            "hosted_ids": np.array(ids, dtype=np.int64),
+            "d": d, "k": k, "client_state": {}, "start": time.perf_counter(),
+            "threads": check.n_threads(self.n_workers, gradients._kernels.max_threads()),
+            "epochs": settings["local_epochs"], "batch": settings["batch_size"],
+            "max_steps": settings["max_local_steps"] or 0,
+        }
+        self.theta_ = np.zeros(d * k + k)
         self.history_ = []
-        start = time.perf_counter()
-        for rnd in range(self.rounds):
-            rng = np.random.default_rng([self.seed, rnd])
-            sampled = np.sort(rng.choice(n_clients, size=m, replace=False))
-            reports = rng.random(m) >= self.dropout
-            local_epochs = np.full(m, epochs, dtype=np.intp)
-            if self.straggler_fraction > 0 and epochs > 1:
-                slow = rng.random(m) < self.straggler_fraction
-                partial = rng.integers(1, epochs, size=m)
-                if self.strategy.keeps_stragglers:
-                    local_epochs = np.where(slow, partial, local_epochs)
-                else:
-                    reports &= ~slow
-            payload = comm.bcast(self.strategy.server_payload(theta).copy(), root=0)
-
-            mine = [i for i, cid in enumerate(sampled) if reports[i] and cid in position]
-            messages, info = self._train_local(problem, offsets, position, sampled, mine,
-                                               local_epochs, payload, theta, k, batch,
-                                               max_steps, threads, rnd, client_state)
-            all_messages, _ = comm.gatherv(messages.ravel(), root=0)
-            all_info, _ = comm.gatherv(info.ravel(), root=0)
-            record = {"round": rnd, "clients": int(reports.sum())}
-            if comm.rank == 0:
-                all_info = all_info.reshape(-1, 4)
-                order = np.argsort(all_info[:, 0], kind="stable")
-                all_info = all_info[order]
-                all_messages = all_messages.reshape(len(order), -1)[order]
-                if len(order):
-                    theta = self.strategy.aggregate(theta, all_messages, all_info[:, 1],
-                                                    all_info[:, 0].astype(np.int64), n_clients)
-                    record["train_loss"] = float(np.average(all_info[:, 2],
-                                                            weights=all_info[:, 1]))
-                record.update(self._evaluate(theta, d, k, test))
-            theta = comm.bcast(np.ascontiguousarray(theta, dtype=np.float64), root=0)
-            record["bytes_down"] = int(payload.nbytes)
-            record["bytes_up"] = int(messages.nbytes + info.nbytes)
-            record["seconds"] = time.perf_counter() - start
-            record = comm.bcast_obj(record if comm.rank == 0 else None, root=0) | {
-                "bytes_up": record["bytes_up"]}
-            self.history_.append(record)
-        self._store(theta, d, k)
+        self._store(self.theta_, d, k)
         return self
 
-    def _train_local(self, problem, offsets, position, sampled, mine, local_epochs, payload,
+    def run_round(self, rnd, test=None):
+        """One round (index rnd seeds its sampling); updates theta_, coef_, history_."""
+        r = self._run
+        comm, m, n_clients, epochs = r["comm"], r["m"], r["n_clients"], r["epochs"]
+        theta = self.theta_
+        rng = np.random.default_rng([self.seed, rnd])
+        sampled = np.sort(rng.choice(n_clients, size=m, replace=False))
+        reports = rng.random(m) >= self.dropout
+        local_epochs = np.full(m, epochs, dtype=np.intp)
+        if self.straggler_fraction > 0 and epochs > 1:
+            slow = rng.random(m) < self.straggler_fraction
+            partial = rng.integers(1, epochs, size=m)
+            if self.strategy.keeps_stragglers:
+                local_epochs = np.where(slow, partial, local_epochs)
+            else:
+                reports &= ~slow
+        payload = comm.bcast(self.strategy.server_payload(theta).copy(), root=0)
+
+        mine = np.flatnonzero(reports & np.isin(sampled, r["hosted_ids"]))
+        messages, info = self._train_local(r["problem"], r["offsets"], r["hosted_ids"], sampled,
+                                           mine, local_epochs, payload, theta, r["k"],
+                                           r["batch"], r["max_steps"], r["threads"], rnd,
+                                           r["client_state"])
+        all_messages, _ = comm.gatherv(messages.ravel(), root=0)
+        all_info, _ = comm.gatherv(info.ravel(), root=0)
+        record = {"round": rnd, "clients": int(reports.sum())}
+        if comm.rank == 0:
+            all_info = all_info.reshape(-1, 4)
+            all_messages = all_messages.reshape(len(all_info), -1)
+            if np.any(np.diff(all_info[:, 0]) < 0):          # aggregate in client-id order
+                order = np.argsort(all_info[:, 0], kind="stable")
+                all_info, all_messages = all_info[order], all_messages[order]
+            if len(all_info):
+                theta = self.strategy.aggregate(theta, all_messages, all_info[:, 1],
+                                                all_info[:, 0].astype(np.int64), n_clients)
+                record["train_loss"] = float(np.average(all_info[:, 2],
+                                                        weights=all_info[:, 1]))
+            record.update(self._evaluate(theta, r["d"], r["k"], test))
+        self.theta_ = comm.bcast(np.ascontiguousarray(theta, dtype=np.float64), root=0)
+        record["bytes_down"] = int(payload.nbytes)
+        record["seconds"] = time.perf_counter() - r["start"]
+        record = comm.bcast_obj(record if comm.rank == 0 else None, root=0)
+        record["bytes_up"] = int(messages.nbytes + info.nbytes)     # this rank's
+        self.history_.append(record)
+        self._store(self.theta_, r["d"], r["k"])
+        return record
+
+    def _train_local(self, problem, offsets, hosted_ids, sampled, mine, local_epochs, payload,
                      theta, k, batch, max_steps, threads, rnd, client_state):
-        """Train this rank's reporting sampled clients: (messages (m, M), info (m, 4))."""
+        """Train this rank's reporting sampled clients in one compiled call:
+        (messages (m, width), info (m, 4) = [id, n_samples, mean loss, steps])."""
         n_params = theta.size
-        width = self.strategy.client_message(payload, theta, 0, self.lr, -1, {}).size
-        if not mine:
-            return np.empty((0, width)), np.empty((0, 4))
-        which = np.array([position[sampled[i]] for i in mine], dtype=np.intp)
-        cids = np.array([sampled[i] for i in mine], dtype=np.int64)
-        corr = [self.strategy.client_correction(payload, int(c), client_state) for c in cids]
+        if len(mine) == 0:
+            return np.empty((0, self.strategy.message_width(n_params))), np.empty((0, 4))
+        which = np.searchsorted(hosted_ids, sampled[mine]).astype(np.intp)
+        cids = np.ascontiguousarray(sampled[mine], dtype=np.int64)
         dtype = problem.dtype
-        corrections = (np.empty((0, 0), dtype=dtype) if corr[0] is None
-                       else np.ascontiguousarray(np.stack(corr), dtype=dtype))
-        out = np.empty((len(mine), n_params), dtype=dtype)
+        corr = self.strategy.client_corrections(payload, cids, client_state)
+        corrections = (np.empty((0, 0), dtype=dtype) if corr is None
+                       else np.ascontiguousarray(corr, dtype=dtype))
+        out = self._out_buffer(len(mine), n_params)
         losses = np.empty(len(mine))
         steps = np.empty(len(mine), dtype=np.intp)
         sizes = offsets[which + 1] - offsets[which]
@@ -253,12 +270,18 @@ class FederatedTrainer:
                            theta.astype(dtype), corrections, out, losses, steps, k,
                            self.fit_intercept, batch_size, max_steps, self.lr, self.l2,
                            self.strategy.mu, self.momentum, self.seed, rnd, threads)
-        messages = np.stack([self.strategy.client_message(payload, out[j].astype(np.float64),
-                                                          int(steps[j]), self.lr, int(c),
-                                                          client_state)
-                             for j, c in enumerate(cids)])
+        messages = self.strategy.client_messages(payload, out, steps, self.lr, cids,
+                                                 client_state)
         info = np.column_stack([cids, sizes, losses, steps]).astype(np.float64)
-        return messages, info
+        return np.ascontiguousarray(messages, dtype=np.float64), info
+
+    def _out_buffer(self, m, n_params):
+        """(m, n_params) float64 rows for local models, reused across rounds (no page
+        faults from a fresh multi-MB array every round)."""
+        buf = self._run.get("out")
+        if buf is None or buf.shape[0] < m or buf.shape[1] != n_params:
+            buf = self._run["out"] = np.empty((m, n_params))
+        return buf[:m]
 
     def _evaluate(self, theta, d, k, test):
         if test is None:

@@ -3,8 +3,9 @@
 A strategy sees flat parameter vectors theta = [coef (row-major), intercept].
 Server side: `server_payload(theta)` is what the round broadcasts and
 `aggregate(...)` turns the clients' messages into the next theta.  Client side
-(on the rank that hosts the client): `client_correction` (added to every local
-gradient) and `client_message` (what the client sends back).  The arithmetic
+(on the rank that hosts the clients, for all of a round's clients at once):
+`client_corrections` (added to every local gradient) and `client_messages`
+(what the clients send back).  The arithmetic
 lives in `cyfed.aggregate`.
 """
 import warnings
@@ -29,11 +30,17 @@ class Strategy:
     def server_payload(self, theta):
         return theta
 
-    def client_correction(self, payload, client_id, client_state):
+    def message_width(self, n_params):
+        """Length of one client's message for a model of n_params parameters."""
+        return n_params
+
+    def client_corrections(self, payload, client_ids, client_state):
+        """(m, n_params) terms added to every local gradient of these clients, or None."""
         return None
 
-    def client_message(self, payload, local_theta, steps, lr, client_id, client_state):
-        return local_theta
+    def client_messages(self, payload, local_thetas, steps, lr, client_ids, client_state):
+        """(m, message_width) rows sent to the server by the clients client_ids."""
+        return local_thetas
 
     def aggregate(self, theta, messages, n_samples, client_ids, n_clients):
         raise NotImplementedError
@@ -41,10 +48,11 @@ class Strategy:
     @staticmethod
     def _drop_non_finite(messages, n_samples, client_ids):
         ok = aggregate.finite_rows(messages)
-        if not ok.all():
-            bad = [int(c) for c in np.asarray(client_ids)[~ok]]
-            warnings.warn(f"client update(s) from client id(s) {bad} are NaN/Inf and are left "
-                          "out of this round's aggregate", RuntimeWarning, stacklevel=3)
+        if ok.all():
+            return messages, n_samples, client_ids
+        bad = [int(c) for c in np.asarray(client_ids)[~ok]]
+        warnings.warn(f"client update(s) from client id(s) {bad} are NaN/Inf and are left "
+                      "out of this round's aggregate", RuntimeWarning, stacklevel=3)
         return messages[ok], n_samples[ok], np.asarray(client_ids)[ok]
 
 
@@ -105,20 +113,26 @@ class Scaffold(Strategy):
             self.c = np.zeros_like(theta)
         return np.concatenate([theta, self.c])
 
-    def client_correction(self, payload, client_id, client_state):
-        half = payload.size // 2
-        c_k = client_state.get(client_id)
-        return payload[half:] - (0 if c_k is None else c_k)
+    def message_width(self, n_params):
+        return 2 * n_params
 
-    def client_message(self, payload, local_theta, steps, lr, client_id, client_state):
+    def client_corrections(self, payload, client_ids, client_state):
+        c = payload[payload.size // 2:]
+        return np.stack([c - client_state.get(int(cid), 0.0) for cid in client_ids])
+
+    def client_messages(self, payload, local_thetas, steps, lr, client_ids, client_state):
         half = payload.size // 2
         x, c = payload[:half], payload[half:]
-        c_k = client_state.get(client_id, np.zeros_like(c))
-        if steps == 0:
-            return np.concatenate([local_theta, np.zeros_like(c)])
-        c_new = c_k - c + (x - local_theta) / (steps * lr)
-        client_state[client_id] = c_new
-        return np.concatenate([local_theta, c_new - c_k])
+        out = np.zeros((len(client_ids), 2 * half))
+        out[:, :half] = local_thetas
+        for row, (cid, k_steps) in enumerate(zip(client_ids, steps)):
+            if k_steps == 0:
+                continue
+            c_k = client_state.get(int(cid), np.zeros_like(c))
+            c_new = c_k - c + (x - local_thetas[row]) / (k_steps * lr)
+            client_state[int(cid)] = c_new
+            out[row, half:] = c_new - c_k
+        return out
 
     def aggregate(self, theta, messages, n_samples, client_ids, n_clients):
         messages, n_samples, _ = self._drop_non_finite(messages, n_samples, client_ids)

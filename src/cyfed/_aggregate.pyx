@@ -1,0 +1,20 @@
+"""Compiled aggregation kernels (validated by cyfed.aggregate).
+
+Sums run over the client rows in the order given, each row added to a float64
+accumulator vectorised across parameters: the same bits on any machine, with
+any number of threads elsewhere in the process.
+"""
+from cython cimport floating
+
+
+def weighted_sum(const floating[:, ::1] updates, const double[::1] weights, double[::1] out):
+    """out = sum_i weights[i] * updates[i, :], rows added in order (out is overwritten)."""
+    cdef Py_ssize_t n_rows = updates.shape[0], n_cols = updates.shape[1], i, j
+    cdef double w
+    with nogil:
+        for j in range(n_cols):
+            out[j] = 0
+        for i in range(n_rows):
+            w = weights[i]
+            for j in range(n_cols):
+                out[j] += w * updates[i, j]
