@@ -153,11 +153,13 @@ static inline double CYFED_FN(link_softmax)(CYFED_T *CYFED_RESTRICT z,
     }
     for (Py_ssize_t c = 1; c < k; ++c) {
         const CYFED_T *zc = zt + c * m;
+        const CYFED_T label_c = (CYFED_T)c;
         CYFED_PRAGMA(omp simd)
-        for (Py_ssize_t i = 0; i < m; ++i) {
-            const int up = zc[i] > mx[i];
-            mx[i] = up ? zc[i] : mx[i];
-            top[i] = up ? (CYFED_T)c : top[i];
+        for (Py_ssize_t i = 0; i < m; ++i) {   /* unconditional stores: if-converted */
+            const CYFED_T zi = zc[i], best = mx[i], at = top[i];
+            const int up = zi > best;
+            mx[i] = up ? zi : best;
+            top[i] = up ? label_c : at;
         }
     }
     for (Py_ssize_t c = 0; c < k; ++c) {
