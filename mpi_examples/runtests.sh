@@ -10,4 +10,10 @@ for n in 1 2 3 4; do
   grep -q "theta = \[0.73444079 0.18403266\]" <<<"$out"
 done
 run 2 "$here/distributed_logistic.py" --rows 20000 --iters 5
+for n in 1 2 3; do
+  out=$(run "$n" "$here/federated_seed.py")
+  echo "$out"
+  grep -q "global theta = \[0.73444079 0.18403266\]" <<<"$out"
+done
+run 2 "$here/federated_synthetic.py" --rounds 4 --every 2
 echo "mpi_examples: all passed"

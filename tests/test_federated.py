@@ -200,3 +200,29 @@ def test_bad_input_is_refused_before_the_first_round(clients, params, match):
     loss = params.pop("loss", "squared")
     with pytest.raises(ValueError, match=match):
         FederatedTrainer(FedAvg(), loss, rounds=2, **params).fit(clients)
+
+
+def test_history_written_as_json_and_csv(tmp_path):
+    import csv
+
+    from cyfed.federated import write_history
+    X, y, clients = regression_clients()
+    fed = FederatedTrainer(FedAvg(), rounds=3, lr=0.05).fit(clients, test=(X, y))
+    write_history(fed.history_, tmp_path / "h.json")
+    write_history(fed.history_, tmp_path / "h.csv")
+    assert json.loads((tmp_path / "h.json").read_text()) == fed.history_
+    rows = list(csv.DictReader((tmp_path / "h.csv").open()))
+    assert [float(r["test_loss"]) for r in rows] == [h["test_loss"] for h in fed.history_]
+    with pytest.raises(ValueError, match=".json or .csv"):
+        write_history(fed.history_, tmp_path / "h.txt")
+
+
+def test_split_devices_holds_out_rows_per_device():
+    from cyfed.data import split_devices
+    devices = make_fedprox_synthetic(1.0, 1.0, n_devices=5, seed=2)
+    train, (X_test, y_test) = split_devices(devices, 0.25, seed=0)
+    for (X, _), (Xt, _) in zip(devices, train):
+        assert len(Xt) == len(X) - round(0.25 * len(X))
+    assert len(y_test) + sum(len(t[1]) for t in train) == sum(len(d[1]) for d in devices)
+    every = np.vstack([X_test] + [t[0] for t in train])
+    assert np.unique(every, axis=0).shape[0] == every.shape[0]     # nothing duplicated

@@ -14,8 +14,11 @@ A client's update depends only on (seed, round, client id, its data, the
 model), and rank 0 aggregates in client-id order, so the final model is
 bit-identical for any number of ranks and worker threads.
 """
+import csv
+import json
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -309,3 +312,18 @@ class FederatedTrainer:
 
     def predict(self, X):
         return gradients.predict(self.loss, X, self.coef_, self.intercept_)
+
+
+def write_history(history, path):
+    """Write a trainer's history_ (a list of dicts) as JSON (.json) or CSV (.csv)."""
+    path = Path(path)
+    if path.suffix == ".json":
+        path.write_text(json.dumps(history, indent=1))
+    elif path.suffix == ".csv":
+        columns = list(dict.fromkeys(key for record in history for key in record))
+        with path.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(history)
+    else:
+        raise ValueError(f"history path must end in .json or .csv, got {path.name!r}")

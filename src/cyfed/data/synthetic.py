@@ -40,3 +40,23 @@ def make_fedprox_synthetic(alpha=1.0, beta=1.0, n_devices=30, *, iid=False, seed
         y = np.argmax(X @ W + b, axis=1)
         devices.append((X.astype(dtype), y))
     return devices
+
+
+def split_devices(devices, test_fraction=0.2, *, seed=0):
+    """Per-device train/test split: (train devices, (X_test, y_test) of all devices).
+
+    Each device keeps a random (1 - test_fraction) of its rows for training (at
+    least one row); the held-out rows of all devices form one test set, as in
+    the FedProx evaluation.
+    """
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
+    rng = np.random.default_rng(seed)
+    train, X_test, y_test = [], [], []
+    for X, y in devices:
+        order = rng.permutation(len(y))
+        n_test = min(int(round(test_fraction * len(y))), len(y) - 1)
+        train.append((X[order[n_test:]], y[order[n_test:]]))
+        X_test.append(X[order[:n_test]])
+        y_test.append(y[order[:n_test]])
+    return train, (np.concatenate(X_test), np.concatenate(y_test))

@@ -1,0 +1,29 @@
+"""Table of the federated round benchmarks: cyfed beside the plain numpy FedAvg.
+
+    python benchmarks/report_federated.py fed.json
+
+(fed.json from ``pytest benchmarks/test_bench_federated.py --benchmark-json=fed.json``.)
+One row per (workload, threads): best seconds per round of each side and
+numpy / cyfed.
+"""
+import json
+import sys
+
+
+def main(path):
+    rows = {}
+    for bench in json.load(open(path))["benchmarks"]:
+        impl = bench.get("extra_info", {}).get("implementation")
+        rows.setdefault(bench["group"], {})[impl] = bench["stats"]["min"]
+    print("| workload | threads | cyfed ms/round | numpy ms/round | numpy / cyfed |")
+    print("|---|---:|---:|---:|---:|")
+    for group in sorted(rows):
+        _, workload, threads = group.split("-")
+        cy, ref = rows[group].get("cyfed"), rows[group].get("numpy")
+        ratio = f"{ref / cy:.1f}" if cy and ref else "—"
+        print(f"| {workload} | {threads[1:]} | {cy * 1e3 if cy else float('nan'):.1f} | "
+              f"{ref * 1e3 if ref else float('nan'):.1f} | {ratio} |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
