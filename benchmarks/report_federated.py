@@ -15,13 +15,14 @@ def main(path):
     for bench in json.load(open(path))["benchmarks"]:
         impl = bench.get("extra_info", {}).get("implementation")
         rows.setdefault(bench["group"], {})[impl] = bench["stats"]["min"]
-    print("| workload | threads | cyfed ms/round | numpy ms/round | numpy / cyfed |")
-    print("|---|---:|---:|---:|---:|")
+    print("| workload | dtype | threads | cyfed ms/round | numpy ms/round | numpy / cyfed |")
+    print("|---|---|---:|---:|---:|---:|")
     for group in sorted(rows):
         _, workload, threads = group.split("-")
+        workload, _, dtype = workload.partition("_")
         cy, ref = rows[group].get("cyfed"), rows[group].get("numpy")
         ratio = f"{ref / cy:.1f}" if cy and ref else "—"
-        print(f"| {workload} | {threads[1:]} | {cy * 1e3 if cy else float('nan'):.1f} | "
+        print(f"| {workload} | {dtype} | {threads[1:]} | {cy * 1e3 if cy else float('nan'):.1f} | "
               f"{ref * 1e3 if ref else float('nan'):.1f} | {ratio} |")
 
 

@@ -10,7 +10,8 @@ Workloads (softmax, 10 classes, lr 0.01):
 The numpy side is the straightforward implementation: a Python loop over the
 sampled clients, their epochs and their mini-batches, with numpy for each
 batch's softmax gradient, then the weighted average.  Both sides train the same
-clients; threads = cyfed's ``n_workers`` and numpy's BLAS threads.
+clients on data of the same dtype (float64 and float32 are both run); threads =
+cyfed's ``n_workers`` and numpy's BLAS threads.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m pytest \\
         benchmarks/test_bench_federated.py --benchmark-json=fed.json -q
@@ -38,14 +39,18 @@ def make_clients(name, n_clients, seed=0):
     return [(rng.standard_normal((20, 60)), rng.integers(0, 10, 20)) for _ in range(n_clients)]
 
 
-@pytest.fixture(scope="module", params=list(WORKLOADS))
+@pytest.fixture(scope="module", params=[(w, dt) for w in WORKLOADS for dt in ("float64",
+                                                                              "float32")],
+                ids=lambda p: f"{p[0]}-{p[1]}")
 def workload(request, smoke):
-    spec = dict(WORKLOADS[request.param])
+    name, dtype = request.param
+    spec = dict(WORKLOADS[name])
     if smoke:
         spec["clients"] //= SMOKE_SCALE
         spec["per_round"] = max(1, spec["per_round"] // SMOKE_SCALE)
-    spec["name"] = request.param
-    spec["data"] = make_clients(request.param, spec["clients"])
+    spec["name"] = f"{name}_{dtype}"
+    spec["dtype"] = np.dtype(dtype)
+    spec["data"] = [(X.astype(dtype), y) for X, y in make_clients(name, spec["clients"])]
     return spec
 
 
@@ -66,11 +71,11 @@ def numpy_fedavg_round(clients, sampled, W, b, epochs, batch, rng):
                 p = np.exp(z)
                 p /= p.sum(axis=1, keepdims=True)
                 p[np.arange(len(rows)), yb] -= 1
-                w -= LR * (Xb.T @ p) / len(rows)
+                w -= (LR / len(rows)) * (Xb.T @ p)
                 c -= LR * p.mean(axis=0)
         models.append(np.concatenate([w.ravel(), c]))
         sizes.append(n)
-    theta = np.average(np.array(models), axis=0, weights=sizes)
+    theta = np.average(np.array(models), axis=0, weights=sizes).astype(W.dtype)
     return theta[:W.size].reshape(W.shape), theta[W.size:]
 
 
@@ -93,7 +98,7 @@ def test_numpy_round(benchmark, timed, workload, threads):
     benchmark.group = f"fedavg-{workload['name']}-t{threads}"
     benchmark.extra_info["implementation"] = "numpy"
     clients = workload["data"]
-    W, b = np.zeros((60, 10)), np.zeros(10)
+    W, b = np.zeros((60, 10), workload["dtype"]), np.zeros(10, workload["dtype"])
     rng = np.random.default_rng(1)
     # cyfed's round-0 sample for seed 1
     sampled = np.sort(np.random.default_rng([1, 0]).choice(len(clients), workload["per_round"],

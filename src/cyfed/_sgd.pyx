@@ -14,7 +14,8 @@ never on the thread or rank that trained it.  Threads take clients dynamically.
 """
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.stdint cimport uint32_t, uint64_t
+from libc.stdint cimport uint64_t
+from libc.string cimport memcpy, memset
 
 import numpy as np
 
@@ -44,6 +45,12 @@ cdef extern from "_vector_math.h" nogil:
     double cyfed_link_squared_f(float*, const float*, const float*, Py_ssize_t)
     double cyfed_link_logistic_d(double*, const double*, const double*, Py_ssize_t)
     double cyfed_link_logistic_f(float*, const float*, const float*, Py_ssize_t)
+    void cyfed_sgd_step_d(double*, double*, const double*, const double*, const double*,
+                          Py_ssize_t, double, double, double, double, double)
+    void cyfed_sgd_step_f(float*, float*, const float*, const float*, const float*,
+                          Py_ssize_t, float, float, float, float, float)
+    void cyfed_sum_rows_d(double*, const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t)
+    void cyfed_sum_rows_f(float*, const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t)
     double cyfed_link_softmax_d(double*, const double*, const double*, Py_ssize_t, Py_ssize_t,
                                 Py_ssize_t, double*)
     double cyfed_link_softmax_f(float*, const float*, const float*, Py_ssize_t, Py_ssize_t,
@@ -177,9 +184,10 @@ cdef double batch_gradient(int kind, const floating *X, const floating *y, Py_ss
             else:
                 cyfed_axpy8_f(G, z + i, xp + i, d)
     if has_b:
-        for i in range(mp):
-            for c in range(k):
-                G[d * kp + c] += z[i * kp + c]
+        if floating is double:
+            cyfed_sum_rows_d(G + d * kp, z, mp, k, kp)
+        else:
+            cyfed_sum_rows_f(G + d * kp, z, mp, k, kp)
     return loss
 
 
@@ -188,12 +196,12 @@ cdef inline void step_update(floating *w, floating *v, const floating *G,
                              Py_ssize_t hi, floating scale, floating l2, floating mu,
                              floating mom, floating lr) noexcept nogil:
     """v = mom v + (G scale + l2 w + mu (w - w0) + cp);  w -= lr v  over [lo, hi)."""
-    cdef Py_ssize_t j
-    cdef floating g
-    for j in range(lo, hi):
-        g = G[j] * scale + l2 * w[j] + mu * (w[j] - w0[j]) + cp[j]
-        v[j] = mom * v[j] + g
-        w[j] = w[j] - lr * v[j]
+    if floating is double:
+        cyfed_sgd_step_d(w + lo, v + lo, G + lo, w0 + lo, cp + lo, hi - lo, scale, l2, mu,
+                         mom, lr)
+    else:
+        cyfed_sgd_step_f(w + lo, v + lo, G + lo, w0 + lo, cp + lo, hi - lo, scale, l2, mu,
+                         mom, lr)
 
 
 cdef struct Settings:
@@ -219,21 +227,18 @@ cdef void train_client(Settings s, const floating *X, const floating *y, Py_ssiz
     cdef double loss = 0.0
     cdef floating scale, lr = <floating>s.lr, l2 = <floating>s.l2, mu = <floating>s.mu
     cdef floating mom = <floating>s.momentum
-    for j in range(P):
-        w0[j] = 0
-        cp[j] = 0
-        v[j] = 0
-    for j in range(d):
-        for c in range(k):
-            w0[j * kp + c] = W0[j * k + c]
-            if corr != NULL:
-                cp[j * kp + c] = corr[j * k + c]
-    for c in range(k):
-        w0[dkp + c] = b0[c] if s.has_b else 0
+    memset(w0, 0, P * sizeof(floating))
+    memset(cp, 0, P * sizeof(floating))
+    memset(v, 0, P * sizeof(floating))
+    for j in range(d):                         # the global model, padded to kp columns
+        memcpy(w0 + j * kp, W0 + j * k, k * sizeof(floating))
         if corr != NULL:
-            cp[dkp + c] = corr[d * k + c]
-    for j in range(P):
-        w[j] = w0[j]
+            memcpy(cp + j * kp, corr + j * k, k * sizeof(floating))
+    if s.has_b:
+        memcpy(w0 + dkp, b0, k * sizeof(floating))
+    if corr != NULL:
+        memcpy(cp + dkp, corr + d * k, k * sizeof(floating))
+    memcpy(w, w0, P * sizeof(floating))
     for e in range(epochs):
         shuffle(perm, n, stream_seed(s.seed, s.rnd, client, e))
         start = 0

@@ -78,6 +78,38 @@ static inline void CYFED_FN(ger4)(CYFED_T *CYFED_RESTRICT G, const CYFED_T *x0,
 }
 
 /*
+ * One local SGD step over n parameters (restrict: the arrays never overlap):
+ * g = G scale + l2 w + mu (w - w0) + corr;  v = mom v + g;  w -= lr v.
+ */
+static inline void CYFED_FN(sgd_step)(CYFED_T *CYFED_RESTRICT w, CYFED_T *CYFED_RESTRICT v,
+                                      const CYFED_T *CYFED_RESTRICT G,
+                                      const CYFED_T *CYFED_RESTRICT w0,
+                                      const CYFED_T *CYFED_RESTRICT corr, Py_ssize_t n,
+                                      CYFED_T scale, CYFED_T l2, CYFED_T mu, CYFED_T mom,
+                                      CYFED_T lr)
+{
+    CYFED_PRAGMA(omp simd)
+    for (Py_ssize_t j = 0; j < n; ++j) {
+        const CYFED_T g = G[j] * scale + l2 * w[j] + mu * (w[j] - w0[j]) + corr[j];
+        const CYFED_T vj = mom * v[j] + g;
+        v[j] = vj;
+        w[j] -= lr * vj;
+    }
+}
+
+/* acc[c] += sum_i z[i * ldz + c] for c < k (the intercept's gradient). */
+static inline void CYFED_FN(sum_rows)(CYFED_T *CYFED_RESTRICT acc,
+                                      const CYFED_T *CYFED_RESTRICT z,
+                                      Py_ssize_t m, Py_ssize_t k, Py_ssize_t ldz)
+{
+    for (Py_ssize_t i = 0; i < m; ++i) {
+        CYFED_PRAGMA(omp simd)
+        for (Py_ssize_t c = 0; c < k; ++c)
+            acc[c] += z[i * ldz + c];
+    }
+}
+
+/*
  * Links: turn the margins z of m rows into the weighted loss (returned, summed
  * in double) and, in place, into the gradient multipliers r = w dloss/dz.
  */
