@@ -32,7 +32,7 @@ HOT_MODULES = ["_losses", "_sgd", "_aggregate"]
 # Modules built once, for the baseline ISA.
 PLAIN_MODULES = ["_cpu"]
 # C headers the kernels include (a change to one rebuilds them).
-HEADERS = [os.path.join(SRC, h) for h in ("_vector_math.h", "_vector_ops.h")]
+HEADERS = [os.path.join(SRC, h) for h in ("_vector_math.h", "_vector_ops.h", "_vector_math.pxd")]
 # Name suffix -> alternative flag sets (the first one the compiler accepts wins).
 SIMD_LEVELS = {
     "_x86_64_v3": [["-march=x86-64-v3"],
@@ -71,6 +71,7 @@ def cythonized_extensions():
     exts = cythonize(
         [extension(m, os.path.join(SRC, f"{m}.pyx")) for m in HOT_MODULES + PLAIN_MODULES],
         build_dir=os.path.join("build", "cython", "baseline"),
+        include_path=["src"],
         compiler_directives=DIRECTIVES,
     )
     if is_x86_64():
@@ -78,6 +79,7 @@ def cythonized_extensions():
             exts += cythonize(
                 [extension(m + suffix, os.path.join(SRC, f"{m}.pyx")) for m in HOT_MODULES],
                 build_dir=os.path.join("build", "cython", suffix.strip("_")),
+                include_path=["src"],
                 compiler_directives=DIRECTIVES,
             )
     return exts

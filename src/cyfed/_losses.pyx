@@ -14,49 +14,13 @@ from cython cimport floating
 from cython.parallel cimport prange
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 
+from cyfed._vector_math cimport (CYFED_NARROW_MAX, axpy8, check_block, cyfed_have_openmp,
+                                 cyfed_max_threads, cyfed_prefetch_l2, dot8, gemv4,
+                                 gemv4_vec, ger4, ger4_vec, link, narrow)
+
 import numpy as np
 
-cdef extern from "_vector_math.h" nogil:
-    int CYFED_NARROW_MAX
-    int cyfed_max_threads()
-    int cyfed_have_openmp()
-    void cyfed_dot8_d(const double**, const double*, Py_ssize_t, double*)
-    void cyfed_dot8_f(const float**, const float*, Py_ssize_t, float*)
-    void cyfed_prefetch_l2(const void*, Py_ssize_t)
-    void cyfed_axpy8_d(double*, const double*, const double**, Py_ssize_t)
-    void cyfed_axpy8_f(float*, const float*, const float**, Py_ssize_t)
-    void cyfed_gemv4_d(const double*, const double*, const double*, const double*,
-                       const double*, Py_ssize_t, Py_ssize_t, double*)
-    void cyfed_gemv4_f(const float*, const float*, const float*, const float*,
-                       const float*, Py_ssize_t, Py_ssize_t, float*)
-    void cyfed_ger4_d(double*, const double*, const double*, const double*,
-                      const double*, const double*, Py_ssize_t, Py_ssize_t)
-    void cyfed_ger4_f(float*, const float*, const float*, const float*,
-                      const float*, const float*, Py_ssize_t, Py_ssize_t)
-    double cyfed_link_squared_d(double*, const double*, const double*, Py_ssize_t)
-    double cyfed_link_squared_f(float*, const float*, const float*, Py_ssize_t)
-    double cyfed_link_logistic_d(double*, const double*, const double*, Py_ssize_t)
-    double cyfed_link_logistic_f(float*, const float*, const float*, Py_ssize_t)
-    double cyfed_link_softmax_d(double*, const double*, const double*, Py_ssize_t, Py_ssize_t,
-                                Py_ssize_t, double*)
-    double cyfed_link_softmax_f(float*, const float*, const float*, Py_ssize_t, Py_ssize_t,
-                                Py_ssize_t, float*)
-    double cyfed_narrow_d(int, const double*, Py_ssize_t, Py_ssize_t, const double*, double,
-                          int, double*, const double*, const double*, double*)
-    double cyfed_narrow_f(int, const float*, Py_ssize_t, Py_ssize_t, const float*, float,
-                          int, float*, const float*, const float*, float*)
-    Py_ssize_t cyfed_check_block_d(int, const double*, const double*, Py_ssize_t, double*)
-    Py_ssize_t cyfed_check_block_f(int, const float*, const float*, Py_ssize_t, double*)
-    void cyfed_gemv4_vec_d(const double*, const double*, const double*, const double*,
-                           const double*, Py_ssize_t, int, double*, Py_ssize_t)
-    void cyfed_gemv4_vec_f(const float*, const float*, const float*, const float*,
-                           const float*, Py_ssize_t, int, float*, Py_ssize_t)
-    void cyfed_ger4_vec_d(double*, const double*, const double*, const double*,
-                          const double*, const double*, Py_ssize_t, Py_ssize_t, int)
-    void cyfed_ger4_vec_f(float*, const float*, const float*, const float*,
-                          const float*, const float*, Py_ssize_t, Py_ssize_t, int)
-
-cpdef enum LossKind:
+cpdef enum LossKind:      # the values of _vector_math.pxd's KIND_* constants
     SQUARED = 0
     LOGISTIC = 1
     SOFTMAX = 2
@@ -82,88 +46,6 @@ def have_openmp():
 def max_threads():
     """Threads a kernel uses by default (OpenMP's max, honours OMP_NUM_THREADS)."""
     return cyfed_max_threads()
-
-
-cdef inline void dot8(const floating **x, const floating *c, Py_ssize_t n,
-                      floating *out) noexcept nogil:
-    if floating is double:
-        cyfed_dot8_d(x, c, n, out)
-    else:
-        cyfed_dot8_f(x, c, n, out)
-
-
-cdef inline void axpy8(floating *acc, const floating *r, const floating **x,
-                       Py_ssize_t n) noexcept nogil:
-    if floating is double:
-        cyfed_axpy8_d(acc, r, x, n)
-    else:
-        cyfed_axpy8_f(acc, r, x, n)
-
-
-cdef inline void gemv4(const floating **x, const floating *W, Py_ssize_t d, Py_ssize_t k,
-                       floating *z) noexcept nogil:
-    if floating is double:
-        cyfed_gemv4_d(x[0], x[1], x[2], x[3], W, d, k, z)
-    else:
-        cyfed_gemv4_f(x[0], x[1], x[2], x[3], W, d, k, z)
-
-
-cdef inline void ger4(floating *G, const floating **x, const floating *R, Py_ssize_t d,
-                      Py_ssize_t k) noexcept nogil:
-    if floating is double:
-        cyfed_ger4_d(G, x[0], x[1], x[2], x[3], R, d, k)
-    else:
-        cyfed_ger4_f(G, x[0], x[1], x[2], x[3], R, d, k)
-
-
-cdef inline double link(int kind, floating *z, const floating *y, const floating *w,
-                        Py_ssize_t m, Py_ssize_t k, Py_ssize_t ldz,
-                        floating *work) noexcept nogil:
-    if floating is double:
-        if kind == SQUARED:
-            return cyfed_link_squared_d(z, y, w, m)
-        if kind == LOGISTIC:
-            return cyfed_link_logistic_d(z, y, w, m)
-        return cyfed_link_softmax_d(z, y, w, m, k, ldz, work)
-    else:
-        if kind == SQUARED:
-            return cyfed_link_squared_f(z, y, w, m)
-        if kind == LOGISTIC:
-            return cyfed_link_logistic_f(z, y, w, m)
-        return cyfed_link_softmax_f(z, y, w, m, k, ldz, work)
-
-
-cdef inline double narrow(int kind, const floating *Xb, Py_ssize_t m, Py_ssize_t d,
-                          const floating *c, floating b, int has_b, floating *z,
-                          const floating *y, const floating *w, floating *g) noexcept nogil:
-    if floating is double:
-        return cyfed_narrow_d(kind, Xb, m, d, c, b, has_b, z, y, w, g)
-    else:
-        return cyfed_narrow_f(kind, Xb, m, d, c, b, has_b, z, y, w, g)
-
-
-cdef inline Py_ssize_t check_block(int kind, const floating *y, const floating *w,
-                                   Py_ssize_t m, double *wsum) noexcept nogil:
-    if floating is double:
-        return cyfed_check_block_d(kind, y, w, m, wsum)
-    else:
-        return cyfed_check_block_f(kind, y, w, m, wsum)
-
-
-cdef inline void gemv4_vec(const floating **x, const floating *Wp, Py_ssize_t d, int nv,
-                           floating *z, Py_ssize_t ldz) noexcept nogil:
-    if floating is double:
-        cyfed_gemv4_vec_d(x[0], x[1], x[2], x[3], Wp, d, nv, z, ldz)
-    else:
-        cyfed_gemv4_vec_f(x[0], x[1], x[2], x[3], Wp, d, nv, z, ldz)
-
-
-cdef inline void ger4_vec(floating *G, const floating **x, const floating *R, Py_ssize_t ldr,
-                          Py_ssize_t d, int nv) noexcept nogil:
-    if floating is double:
-        cyfed_ger4_vec_d(G, x[0], x[1], x[2], x[3], R, ldr, d, nv)
-    else:
-        cyfed_ger4_vec_f(G, x[0], x[1], x[2], x[3], R, ldr, d, nv)
 
 
 cdef Py_ssize_t block_rows(Py_ssize_t d, Py_ssize_t itemsize) noexcept nogil:

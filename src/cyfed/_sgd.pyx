@@ -17,50 +17,10 @@ from cython.parallel cimport prange
 from libc.stdint cimport uint64_t
 from libc.string cimport memcpy, memset
 
+from cyfed._vector_math cimport (KIND_SOFTMAX, axpy8, cyfed_thread_id, dot8, gemv4,
+                                 gemv4_vec, ger4, ger4_vec, link, sgd_step, sum_rows)
+
 import numpy as np
-
-cdef extern from "_vector_math.h" nogil:
-    int cyfed_thread_id()
-    void cyfed_dot8_d(const double**, const double*, Py_ssize_t, double*)
-    void cyfed_dot8_f(const float**, const float*, Py_ssize_t, float*)
-    void cyfed_axpy8_d(double*, const double*, const double**, Py_ssize_t)
-    void cyfed_axpy8_f(float*, const float*, const float**, Py_ssize_t)
-    void cyfed_gemv4_vec_d(const double*, const double*, const double*, const double*,
-                           const double*, Py_ssize_t, int, double*, Py_ssize_t)
-    void cyfed_gemv4_vec_f(const float*, const float*, const float*, const float*,
-                           const float*, Py_ssize_t, int, float*, Py_ssize_t)
-    void cyfed_ger4_vec_d(double*, const double*, const double*, const double*,
-                          const double*, const double*, Py_ssize_t, Py_ssize_t, int)
-    void cyfed_ger4_vec_f(float*, const float*, const float*, const float*,
-                          const float*, const float*, Py_ssize_t, Py_ssize_t, int)
-    void cyfed_gemv4_d(const double*, const double*, const double*, const double*,
-                       const double*, Py_ssize_t, Py_ssize_t, double*)
-    void cyfed_gemv4_f(const float*, const float*, const float*, const float*,
-                       const float*, Py_ssize_t, Py_ssize_t, float*)
-    void cyfed_ger4_d(double*, const double*, const double*, const double*,
-                      const double*, const double*, Py_ssize_t, Py_ssize_t)
-    void cyfed_ger4_f(float*, const float*, const float*, const float*,
-                      const float*, const float*, Py_ssize_t, Py_ssize_t)
-    double cyfed_link_squared_d(double*, const double*, const double*, Py_ssize_t)
-    double cyfed_link_squared_f(float*, const float*, const float*, Py_ssize_t)
-    double cyfed_link_logistic_d(double*, const double*, const double*, Py_ssize_t)
-    double cyfed_link_logistic_f(float*, const float*, const float*, Py_ssize_t)
-    void cyfed_sgd_step_d(double*, double*, const double*, const double*, const double*,
-                          Py_ssize_t, double, double, double, double, double)
-    void cyfed_sgd_step_f(float*, float*, const float*, const float*, const float*,
-                          Py_ssize_t, float, float, float, float, float)
-    void cyfed_sum_rows_d(double*, const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t)
-    void cyfed_sum_rows_f(float*, const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t)
-    double cyfed_link_softmax_d(double*, const double*, const double*, Py_ssize_t, Py_ssize_t,
-                                Py_ssize_t, double*)
-    double cyfed_link_softmax_f(float*, const float*, const float*, Py_ssize_t, Py_ssize_t,
-                                Py_ssize_t, float*)
-
-cdef enum:
-    SQUARED = 0
-    LOGISTIC = 1
-    SOFTMAX = 2
-
 
 # -- seeded shuffles (splitmix64; Steele, Lea & Flood 2014) ---------------------------
 
@@ -116,7 +76,7 @@ cdef double batch_gradient(int kind, const floating *X, const floating *y, Py_ss
                            const floating **xp, floating *work) noexcept nogil:
     """Sum over the m batch rows of the loss (returned) and of its gradient (into G,
     (d*kp + k) entries, overwritten).  W is (d, kp); padding rows have weight 0."""
-    cdef Py_ssize_t i, c, group = 4 if kind == SOFTMAX else 8
+    cdef Py_ssize_t i, c, group = 4 if kind == KIND_SOFTMAX else 8
     cdef Py_ssize_t mp = (m + group - 1) // group * group
     cdef double loss
     for i in range(mp):
@@ -125,83 +85,33 @@ cdef double batch_gradient(int kind, const floating *X, const floating *y, Py_ss
         wb[i] = 1 if i < m else 0
     for i in range(d * kp + k):
         G[i] = 0
-    if kind == SOFTMAX:
+    if kind == KIND_SOFTMAX:
         for i in range(mp):
             for c in range(kp):
                 z[i * kp + c] = b[c] if (has_b and c < k) else 0
         for i in range(0, mp, 4):
-            if floating is double:
-                if nv > 0:
-                    cyfed_gemv4_vec_d(xp[i], xp[i + 1], xp[i + 2], xp[i + 3], W, d, nv,
-                                      z + i * kp, kp)
-                else:
-                    cyfed_gemv4_d(xp[i], xp[i + 1], xp[i + 2], xp[i + 3], W, d, k, z + i * k)
+            if nv > 0:
+                gemv4_vec(xp + i, W, d, nv, z + i * kp, kp)
             else:
-                if nv > 0:
-                    cyfed_gemv4_vec_f(xp[i], xp[i + 1], xp[i + 2], xp[i + 3], W, d, nv,
-                                      z + i * kp, kp)
-                else:
-                    cyfed_gemv4_f(xp[i], xp[i + 1], xp[i + 2], xp[i + 3], W, d, k, z + i * k)
-        if floating is double:
-            loss = cyfed_link_softmax_d(z, yb, wb, mp, k, kp, work)
-        else:
-            loss = cyfed_link_softmax_f(z, yb, wb, mp, k, kp, work)
+                gemv4(xp + i, W, d, k, z + i * k)
+        loss = link(kind, z, yb, wb, mp, k, kp, work)
         for i in range(0, mp, 4):
-            if floating is double:
-                if nv > 0:
-                    cyfed_ger4_vec_d(G, xp[i], xp[i + 1], xp[i + 2], xp[i + 3], z + i * kp,
-                                     kp, d, nv)
-                else:
-                    cyfed_ger4_d(G, xp[i], xp[i + 1], xp[i + 2], xp[i + 3], z + i * k, d, k)
+            if nv > 0:
+                ger4_vec(G, xp + i, z + i * kp, kp, d, nv)
             else:
-                if nv > 0:
-                    cyfed_ger4_vec_f(G, xp[i], xp[i + 1], xp[i + 2], xp[i + 3], z + i * kp,
-                                     kp, d, nv)
-                else:
-                    cyfed_ger4_f(G, xp[i], xp[i + 1], xp[i + 2], xp[i + 3], z + i * k, d, k)
+                ger4(G, xp + i, z + i * k, d, k)
     else:
         for i in range(0, mp, 8):
-            if floating is double:
-                cyfed_dot8_d(xp + i, W, d, z + i)
-            else:
-                cyfed_dot8_f(xp + i, W, d, z + i)
+            dot8(xp + i, W, d, z + i)
         if has_b:
             for i in range(mp):
                 z[i] += b[0]
-        if kind == SQUARED:
-            if floating is double:
-                loss = cyfed_link_squared_d(z, yb, wb, mp)
-            else:
-                loss = cyfed_link_squared_f(z, yb, wb, mp)
-        else:
-            if floating is double:
-                loss = cyfed_link_logistic_d(z, yb, wb, mp)
-            else:
-                loss = cyfed_link_logistic_f(z, yb, wb, mp)
+        loss = link(kind, z, yb, wb, mp, k, kp, work)
         for i in range(0, mp, 8):
-            if floating is double:
-                cyfed_axpy8_d(G, z + i, xp + i, d)
-            else:
-                cyfed_axpy8_f(G, z + i, xp + i, d)
+            axpy8(G, z + i, xp + i, d)
     if has_b:
-        if floating is double:
-            cyfed_sum_rows_d(G + d * kp, z, mp, k, kp)
-        else:
-            cyfed_sum_rows_f(G + d * kp, z, mp, k, kp)
+        sum_rows(G + d * kp, z, mp, k, kp)
     return loss
-
-
-cdef inline void step_update(floating *w, floating *v, const floating *G,
-                             const floating *w0, const floating *cp, Py_ssize_t lo,
-                             Py_ssize_t hi, floating scale, floating l2, floating mu,
-                             floating mom, floating lr) noexcept nogil:
-    """v = mom v + (G scale + l2 w + mu (w - w0) + cp);  w -= lr v  over [lo, hi)."""
-    if floating is double:
-        cyfed_sgd_step_d(w + lo, v + lo, G + lo, w0 + lo, cp + lo, hi - lo, scale, l2, mu,
-                         mom, lr)
-    else:
-        cyfed_sgd_step_f(w + lo, v + lo, G + lo, w0 + lo, cp + lo, hi - lo, scale, l2, mu,
-                         mom, lr)
 
 
 cdef struct Settings:
@@ -248,9 +158,10 @@ cdef void train_client(Settings s, const floating *X, const floating *y, Py_ssiz
                                    w + dkp, s.has_b, G, z, yb, wb, xp, work)
             scale = <floating>(1.0 / m)
             # g = mean gradient + l2 w (coef only) + mu (w - w_global) + correction
-            step_update(w, v, G, w0, cp, 0, dkp, scale, l2, mu, mom, lr)
-            if s.has_b:
-                step_update(w, v, G, w0, cp, dkp, P, scale, 0, mu, mom, lr)
+            sgd_step(w, v, G, w0, cp, dkp, scale, l2, mu, mom, lr)
+            if s.has_b:                                # the intercept: no L2
+                sgd_step(w + dkp, v + dkp, G + dkp, w0 + dkp, cp + dkp, k, scale, 0, mu,
+                         mom, lr)
             start += m
             steps += 1
             rows_seen += m
@@ -287,7 +198,7 @@ def train_clients(int kind, const floating[:, ::1] X, const floating[::1] y,
     cdef Settings s
     s.kind = kind
     s.d, s.k = d, k
-    s.nv = (k + vlen - 1) // vlen if kind == SOFTMAX and k <= 2 * vlen else 0
+    s.nv = (k + vlen - 1) // vlen if kind == KIND_SOFTMAX and k <= 2 * vlen else 0
     s.kp = s.nv * vlen if s.nv > 0 else k
     s.batch, s.max_steps, s.has_b = batch_size, max_steps, fit_intercept
     s.lr, s.l2, s.mu, s.momentum, s.seed, s.rnd = lr, l2, mu, momentum, seed, rnd
