@@ -149,7 +149,8 @@ def _positive(text):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="cyfed", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="cyfed", description="cyfed: fast distributed and federated gradient descent")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="seed example, kernel table, distributed and federated runs")
     p.add_argument("--shapes", type=_shape, nargs="+",
