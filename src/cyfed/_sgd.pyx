@@ -165,11 +165,9 @@ cdef void train_client(Settings s, const floating *X, const floating *y, Py_ssiz
             start += m
             steps += 1
             rows_seen += m
-    for j in range(d):
+    for j in range(d + 1):                     # unpad: coef rows, then the intercept
         for c in range(k):
             out[j * k + c] = w[j * kp + c]
-    for c in range(k):
-        out[d * k + c] = w[dkp + c]
     loss_out[0] = loss / rows_seen if rows_seen > 0 else 0.0
     steps_out[0] = steps
 

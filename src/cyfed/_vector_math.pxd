@@ -49,6 +49,8 @@ cdef extern from "_vector_math.h" nogil:
                           Py_ssize_t, double, double, double, double, double)
     void cyfed_sgd_step_f(float*, float*, const float*, const float*, const float*,
                           Py_ssize_t, float, float, float, float, float)
+    int cyfed_all_finite_d(const double*, Py_ssize_t)
+    int cyfed_all_finite_f(const float*, Py_ssize_t)
     void cyfed_sum_rows_d(double*, const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t)
     void cyfed_sum_rows_f(float*, const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t)
 
@@ -157,3 +159,10 @@ cdef inline void sum_rows(floating *acc, const floating *z, Py_ssize_t m, Py_ssi
         cyfed_sum_rows_d(acc, z, m, k, ldz)
     else:
         cyfed_sum_rows_f(acc, z, m, k, ldz)
+
+
+cdef inline int all_finite(const floating *x, Py_ssize_t n) noexcept nogil:
+    if floating is double:
+        return cyfed_all_finite_d(x, n)
+    else:
+        return cyfed_all_finite_f(x, n)

@@ -109,6 +109,16 @@ static inline void CYFED_FN(sum_rows)(CYFED_T *CYFED_RESTRICT acc,
     }
 }
 
+/* 1 if every x[j] is finite: sum of x - x is 0, or NaN as soon as one entry is NaN/Inf. */
+static inline int CYFED_FN(all_finite)(const CYFED_T *CYFED_RESTRICT x, Py_ssize_t n)
+{
+    CYFED_T bad = 0;
+    CYFED_PRAGMA(omp simd reduction(+:bad))
+    for (Py_ssize_t j = 0; j < n; ++j)
+        bad += x[j] - x[j];
+    return bad == 0;
+}
+
 /*
  * Links: turn the margins z of m rows into the weighted loss (returned, summed
  * in double) and, in place, into the gradient multipliers r = w dloss/dz.

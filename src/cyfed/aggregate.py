@@ -41,4 +41,7 @@ def weighted_mean(updates, weights):
 
 def finite_rows(updates):
     """Boolean mask of the rows (clients) whose update is entirely finite."""
-    return np.all(np.isfinite(_updates(updates)), axis=1)
+    U = np.ascontiguousarray(_updates(updates))
+    out = np.empty(U.shape[0], dtype=np.uint8)
+    _kernels.finite_rows(U, out)
+    return out.view(bool)
