@@ -89,3 +89,14 @@ def test_fedprox_synthetic_heterogeneity():
     homo = label_disagreement(make_fedprox_synthetic(0.0, 0.0, 30, iid=True, seed=4))
     assert hetero > homo
     assert make_fedprox_synthetic(0.5, 0.5, 3, seed=9, dtype=np.float32)[0][0].dtype == np.float32
+
+
+def test_quantity_skew_power_law():
+    parts = quantity_skew(100_000, 50, power=1.0, min_size=1, seed=3)
+    assert_partition(parts, 100_000, 50)
+    sizes = np.sort([p.size for p in parts])[::-1]
+    # share of the r-th largest client ~ 1/r: size_1 / size_r ~ r
+    ratios = sizes[0] / sizes[[1, 4, 9, 49]]
+    np.testing.assert_allclose(ratios, [2, 5, 10, 50], rtol=0.05)
+    with pytest.raises(ValueError, match="power"):
+        quantity_skew(100, 5, power=-1.0)

@@ -71,15 +71,23 @@ def shards(labels, n_clients, *, shards_per_client=2, seed=0):
             for c in range(n_clients)]
 
 
-def quantity_skew(n, n_clients, *, alpha=0.5, min_size=1, seed=0):
-    """Quantity skew: client sizes in proportions ~ Dir(alpha) (at least min_size each),
-    rows assigned at random."""
+def quantity_skew(n, n_clients, *, alpha=0.5, power=None, min_size=1, seed=0):
+    """Quantity skew: client sizes in proportions ~ Dir(alpha), or, with `power`, a
+    power law (the r-th largest client gets a share proportional to r^-power, the
+    ranks shuffled over the clients); at least min_size rows each, rows at random."""
     _check_clients(n, n_clients, min_size)
-    if not alpha > 0:
-        raise ValueError(f"alpha must be > 0, got {alpha!r}")
     rng = np.random.default_rng(seed)
+    if power is not None:
+        if not power >= 0:
+            raise ValueError(f"power must be >= 0, got {power!r}")
+        shares = rng.permutation(np.arange(1, n_clients + 1) ** -float(power))
+        shares /= shares.sum()
+    elif not alpha > 0:
+        raise ValueError(f"alpha must be > 0, got {alpha!r}")
+    else:
+        shares = rng.dirichlet(np.full(n_clients, alpha))
     spare = n - n_clients * min_size
-    sizes = min_size + np.floor(rng.dirichlet(np.full(n_clients, alpha)) * spare).astype(int)
+    sizes = min_size + np.floor(shares * spare).astype(int)
     sizes[: spare - (sizes.sum() - n_clients * min_size)] += 1     # hand out the remainder
     order = rng.permutation(n)
     return [np.sort(part) for part in np.split(order, np.cumsum(sizes)[:-1])]
