@@ -16,7 +16,8 @@ from cpython.mem cimport PyMem_Free, PyMem_Malloc
 
 from cyfed._vector_math cimport (CYFED_NARROW_MAX, axpy8, check_block, cyfed_have_openmp,
                                  cyfed_max_threads, cyfed_prefetch_l2, dot8, gemv4,
-                                 gemv4_vec, ger4, ger4_vec, link, narrow)
+                                 gemv4_vec, ger4, ger4_vec, link, narrow, softmax_lanes,
+                                 softmax_vectors)
 
 import numpy as np
 
@@ -265,10 +266,9 @@ def loss_grad_sums(int kind, const floating[:, ::1] X, const floating[::1] y,
     """
     cdef Py_ssize_t n = X.shape[0], d = X.shape[1], k = coef.shape[1]
     cdef Py_ssize_t n_rows = rows.shape[0] if rows.shape[0] > 0 else n
-    cdef Py_ssize_t vlen = 64 // sizeof(floating)
-    # softmax with few classes: pad W to nv whole 64-byte vectors per row
-    cdef int nv = (k + vlen - 1) // vlen if kind == SOFTMAX and k <= 2 * vlen else 0
-    cdef Py_ssize_t kp = nv * vlen if nv > 0 else k
+    # softmax with few classes: pad W to nv whole vectors per row
+    cdef int nv = softmax_vectors(k, &X[0, 0]) if kind == SOFTMAX and n > 0 else 0
+    cdef Py_ssize_t kp = nv * softmax_lanes(&X[0, 0]) if nv > 0 else k
     cdef Py_ssize_t B = block_rows(d * kp, sizeof(floating))
     cdef Py_ssize_t n_blocks = (n_rows + B - 1) // B
     cdef Py_ssize_t nt = choose_threads(n_threads, n_blocks, n_rows * d * k)

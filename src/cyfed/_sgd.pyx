@@ -18,7 +18,8 @@ from libc.stdint cimport uint64_t
 from libc.string cimport memcpy, memset
 
 from cyfed._vector_math cimport (KIND_SOFTMAX, axpy8, cyfed_thread_id, dot8, gemv4,
-                                 gemv4_vec, ger4, ger4_vec, link, sgd_step, sum_rows)
+                                 gemv4_vec, ger4, ger4_vec, link, sgd_step, softmax_lanes,
+                                 softmax_vectors, sum_rows)
 
 import numpy as np
 
@@ -192,12 +193,12 @@ def train_clients(int kind, const floating[:, ::1] X, const floating[::1] y,
     steps: local steps taken.
     """
     cdef Py_ssize_t d = X.shape[1], k = n_classes, m_clients = which.shape[0]
-    cdef Py_ssize_t vlen = 64 // sizeof(floating)
+
     cdef Settings s
     s.kind = kind
     s.d, s.k = d, k
-    s.nv = (k + vlen - 1) // vlen if kind == KIND_SOFTMAX and k <= 2 * vlen else 0
-    s.kp = s.nv * vlen if s.nv > 0 else k
+    s.nv = softmax_vectors(k, &global_params[0]) if kind == KIND_SOFTMAX else 0
+    s.kp = s.nv * softmax_lanes(&global_params[0]) if s.nv > 0 else k
     s.batch, s.max_steps, s.has_b = batch_size, max_steps, fit_intercept
     s.lr, s.l2, s.mu, s.momentum, s.seed, s.rnd = lr, l2, mu, momentum, seed, rnd
     cdef Py_ssize_t kp = s.kp, P = d * kp + k, B8 = batch_size + 8

@@ -37,6 +37,18 @@ static inline int cyfed_have_openmp(void) { return 0; }
 
 #define CYFED_PRAGMA(x) _Pragma(#x)
 
+/*
+ * Vector width (bytes) of the softmax micro-kernels, per type, and how many
+ * vectors a row of class margins may take (k <= CYFED_MAX_NV * width / sizeof(T)
+ * uses them, i.e. k <= 16 doubles or 32 floats).  Doubles use 32 bytes: on AMD
+ * Zen 4 a 512-bit operation costs two 256-bit ones, and k = 10 doubles fill
+ * 3 x 4 lanes (12) instead of 2 x 8 (16); floats keep 64 bytes (measured).
+ */
+#define CYFED_VEC_BYTES_d 32
+#define CYFED_VEC_BYTES_f 64
+#define CYFED_MAX_NV_d 4
+#define CYFED_MAX_NV_f 2
+
 /* Widest X (columns) that takes the compile-time-D "narrow" path. */
 #define CYFED_NARROW_MAX 16
 

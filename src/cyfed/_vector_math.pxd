@@ -7,6 +7,10 @@ from cython cimport floating
 
 cdef extern from "_vector_math.h" nogil:
     int CYFED_NARROW_MAX
+    int CYFED_VEC_BYTES_d
+    int CYFED_VEC_BYTES_f
+    int CYFED_MAX_NV_d
+    int CYFED_MAX_NV_f
     int cyfed_max_threads()
     int cyfed_have_openmp()
     void cyfed_dot8_d(const double**, const double*, Py_ssize_t, double*)
@@ -166,3 +170,19 @@ cdef inline int all_finite(const floating *x, Py_ssize_t n) noexcept nogil:
         return cyfed_all_finite_d(x, n)
     else:
         return cyfed_all_finite_f(x, n)
+
+
+
+cdef inline Py_ssize_t softmax_lanes(const floating *type_tag) noexcept nogil:
+    """Lanes of one softmax micro-kernel vector for this type (the pointer only picks it)."""
+    if floating is double:
+        return CYFED_VEC_BYTES_d // sizeof(double)
+    else:
+        return CYFED_VEC_BYTES_f // sizeof(float)
+
+
+cdef inline int softmax_vectors(Py_ssize_t k, const floating *type_tag) noexcept nogil:
+    """Vectors per row of k class margins in the micro-kernels (0: k too wide for them)."""
+    cdef Py_ssize_t lanes = softmax_lanes(type_tag)
+    cdef Py_ssize_t max_nv = CYFED_MAX_NV_d if floating is double else CYFED_MAX_NV_f
+    return <int>((k + lanes - 1) // lanes) if k <= max_nv * lanes else 0

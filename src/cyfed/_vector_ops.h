@@ -346,9 +346,12 @@ static Py_ssize_t CYFED_FN(check_block)(int kind, const CYFED_T *y, const CYFED_
  * registers for the whole pass over j (GCC/clang vector extensions; the
  * compiler splits them into whatever the target ISA has).
  */
-typedef CYFED_T CYFED_FN(vec) __attribute__((vector_size(64)));
-typedef CYFED_T CYFED_FN(uvec) __attribute__((vector_size(64), aligned(sizeof(CYFED_T))));
-#define CYFED_VLEN ((Py_ssize_t)(64 / sizeof(CYFED_T)))
+#define CYFED_VEC_BYTES CYFED_CAT(CYFED_VEC_BYTES, CYFED_S)
+#define CYFED_MAX_NV CYFED_CAT(CYFED_MAX_NV, CYFED_S)
+typedef CYFED_T CYFED_FN(vec) __attribute__((vector_size(CYFED_VEC_BYTES)));
+typedef CYFED_T CYFED_FN(uvec) __attribute__((vector_size(CYFED_VEC_BYTES),
+                                              aligned(sizeof(CYFED_T))));
+#define CYFED_VLEN ((Py_ssize_t)(CYFED_VEC_BYTES / sizeof(CYFED_T)))
 #define CYFED_LD(p) (*(const CYFED_FN(uvec) *)(p))
 
 static inline __attribute__((always_inline)) void
@@ -356,7 +359,7 @@ CYFED_FN(gemv4_vec_impl)(const CYFED_T *x0, const CYFED_T *x1, const CYFED_T *x2
                          const CYFED_T *x3, const CYFED_T *Wp, Py_ssize_t d, int nv,
                          CYFED_T *z, Py_ssize_t ldz)
 {
-    CYFED_FN(vec) a[4][2];
+    CYFED_FN(vec) a[4][CYFED_MAX_NV];
     for (int u = 0; u < 4; ++u)
         for (int v = 0; v < nv; ++v)
             a[u][v] = CYFED_LD(z + u * ldz + v * CYFED_VLEN);
@@ -379,10 +382,14 @@ static void CYFED_FN(gemv4_vec)(const CYFED_T *x0, const CYFED_T *x1, const CYFE
                                 const CYFED_T *x3, const CYFED_T *Wp, Py_ssize_t d, int nv,
                                 CYFED_T *z, Py_ssize_t ldz)
 {
-    if (nv == 1)
-        CYFED_FN(gemv4_vec_impl)(x0, x1, x2, x3, Wp, d, 1, z, ldz);
-    else
-        CYFED_FN(gemv4_vec_impl)(x0, x1, x2, x3, Wp, d, 2, z, ldz);
+    switch (nv) {   /* a compile-time nv keeps the accumulators in registers */
+    case 1: CYFED_FN(gemv4_vec_impl)(x0, x1, x2, x3, Wp, d, 1, z, ldz); break;
+    case 2: CYFED_FN(gemv4_vec_impl)(x0, x1, x2, x3, Wp, d, 2, z, ldz); break;
+#if CYFED_MAX_NV > 2
+    case 3: CYFED_FN(gemv4_vec_impl)(x0, x1, x2, x3, Wp, d, 3, z, ldz); break;
+    case 4: CYFED_FN(gemv4_vec_impl)(x0, x1, x2, x3, Wp, d, 4, z, ldz); break;
+#endif
+    }
 }
 
 static inline __attribute__((always_inline)) void
@@ -390,7 +397,7 @@ CYFED_FN(ger4_vec_impl)(CYFED_T *G, const CYFED_T *x0, const CYFED_T *x1, const 
                         const CYFED_T *x3, const CYFED_T *R, Py_ssize_t ldr, Py_ssize_t d,
                         int nv)
 {
-    CYFED_FN(vec) r[4][2];
+    CYFED_FN(vec) r[4][CYFED_MAX_NV];
     for (int u = 0; u < 4; ++u)
         for (int v = 0; v < nv; ++v)
             r[u][v] = CYFED_LD(R + u * ldr + v * CYFED_VLEN);
@@ -407,13 +414,19 @@ static void CYFED_FN(ger4_vec)(CYFED_T *G, const CYFED_T *x0, const CYFED_T *x1,
                                const CYFED_T *x2, const CYFED_T *x3, const CYFED_T *R,
                                Py_ssize_t ldr, Py_ssize_t d, int nv)
 {
-    if (nv == 1)
-        CYFED_FN(ger4_vec_impl)(G, x0, x1, x2, x3, R, ldr, d, 1);
-    else
-        CYFED_FN(ger4_vec_impl)(G, x0, x1, x2, x3, R, ldr, d, 2);
+    switch (nv) {
+    case 1: CYFED_FN(ger4_vec_impl)(G, x0, x1, x2, x3, R, ldr, d, 1); break;
+    case 2: CYFED_FN(ger4_vec_impl)(G, x0, x1, x2, x3, R, ldr, d, 2); break;
+#if CYFED_MAX_NV > 2
+    case 3: CYFED_FN(ger4_vec_impl)(G, x0, x1, x2, x3, R, ldr, d, 3); break;
+    case 4: CYFED_FN(ger4_vec_impl)(G, x0, x1, x2, x3, R, ldr, d, 4); break;
+#endif
+    }
 }
 #undef CYFED_LD
 #undef CYFED_VLEN
+#undef CYFED_VEC_BYTES
+#undef CYFED_MAX_NV
 #else
 /* Portable fallback (no vector extensions): the generic loops over kp = nv * VLEN. */
 static void CYFED_FN(gemv4_vec)(const CYFED_T *x0, const CYFED_T *x1, const CYFED_T *x2,
@@ -421,7 +434,8 @@ static void CYFED_FN(gemv4_vec)(const CYFED_T *x0, const CYFED_T *x1, const CYFE
                                 CYFED_T *z, Py_ssize_t ldz)
 {
     (void)ldz;  /* == kp */
-    CYFED_FN(gemv4)(x0, x1, x2, x3, Wp, d, nv * (Py_ssize_t)(64 / sizeof(CYFED_T)), z);
+    CYFED_FN(gemv4)(x0, x1, x2, x3, Wp, d,
+                    nv * (Py_ssize_t)(CYFED_CAT(CYFED_VEC_BYTES, CYFED_S) / sizeof(CYFED_T)), z);
 }
 
 static void CYFED_FN(ger4_vec)(CYFED_T *G, const CYFED_T *x0, const CYFED_T *x1,
@@ -429,7 +443,8 @@ static void CYFED_FN(ger4_vec)(CYFED_T *G, const CYFED_T *x0, const CYFED_T *x1,
                                Py_ssize_t ldr, Py_ssize_t d, int nv)
 {
     (void)ldr;  /* == kp */
-    CYFED_FN(ger4)(G, x0, x1, x2, x3, R, d, nv * (Py_ssize_t)(64 / sizeof(CYFED_T)));
+    CYFED_FN(ger4)(G, x0, x1, x2, x3, R, d,
+                   nv * (Py_ssize_t)(CYFED_CAT(CYFED_VEC_BYTES, CYFED_S) / sizeof(CYFED_T)));
 }
 #endif
 
