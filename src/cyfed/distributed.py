@@ -72,6 +72,29 @@ def local_labels_max(problem):
     return top
 
 
+def agree_on_data(comm, problem, top_label):
+    """Collective: the ranks that hold rows must agree on (n_features, dtype).
+
+    Returns (problem, row counts per rank, n_classes); a rank without rows gets
+    an empty problem of the agreed width.  top_label is this rank's largest
+    softmax label (-1 when it has none).
+    """
+    meta = comm.allgather_obj((problem.d, str(problem.dtype), problem.n, top_label))
+    holders = [(r, m) for r, m in enumerate(meta) if m[2] > 0]
+    if not holders:
+        raise ValueError("no rank has any rows: the data are empty everywhere")
+    if len({m[0] for _, m in holders}) > 1 or len({m[1] for _, m in holders}) > 1:
+        raise ValueError("ranks disagree on the data: (n_features, dtype) per rank = "
+                         + ", ".join(f"rank {r}: ({m[0]}, {m[1]})" for r, m in holders))
+    d, dtype = holders[0][1][0], holders[0][1][1]
+    if problem.n == 0:
+        problem = gradients.prepare(problem.kind_name, np.empty((0, d), dtype=dtype),
+                                    np.empty(0, dtype=dtype), allow_empty=True)
+    k = (max(max(m[3] for m in meta) + 1, 2) if problem.kind == gradients.Kind.SOFTMAX
+         else 1)
+    return problem, [m[2] for m in meta], k
+
+
 class DistributedGD:
     """Full-batch or mini-batch gradient descent on data sharded over ranks.
 
@@ -142,24 +165,6 @@ class DistributedGD:
         check.nonnegative_float(self.l2, "l2")
         return get_schedule(self.lr_schedule)
 
-    def _agree(self, comm, problem, top_label):
-        """Check once that every rank has the same features/dtype; return (n_global, offset, k)."""
-        meta = comm.allgather_obj((problem.d, str(problem.dtype), problem.n, top_label))
-        widths = {m[0] for m in meta}
-        dtypes = {m[1] for m in meta}
-        if len(widths) > 1 or len(dtypes) > 1:
-            raise ValueError("ranks disagree on the data: (n_features, dtype) per rank = "
-                             + ", ".join(f"rank {r}: ({m[0]}, {m[1]})" for r, m in enumerate(meta)))
-        counts = [m[2] for m in meta]
-        n_global = sum(counts)
-        if n_global == 0:
-            raise ValueError("no rank has any rows: X is empty everywhere")
-        if self.batch_size is not None and self.batch_size > n_global:
-            raise ValueError(f"batch_size={self.batch_size} exceeds the {n_global} rows "
-                             "held by all ranks together")
-        k = max(max(m[3] for m in meta) + 1, 2) if problem.kind == gradients.Kind.SOFTMAX else 1
-        return n_global, sum(counts[:comm.rank]), k
-
     # -- training -------------------------------------------------------------
 
     def fit(self, X, y, sample_weight=None, *, coef_init=None, intercept_init=None):
@@ -177,7 +182,11 @@ class DistributedGD:
             return schedule, problem, threads, top
 
         schedule, problem, threads, top = on_every_rank(comm, check_local_input)
-        n_global, offset, k = self._agree(comm, problem, top)
+        problem, counts, k = agree_on_data(comm, problem, top)
+        n_global, offset = sum(counts), sum(counts[:comm.rank])
+        if self.batch_size is not None and self.batch_size > n_global:
+            raise ValueError(f"batch_size={self.batch_size} exceeds the {n_global} rows "
+                             "held by all ranks together")
         d = problem.d
         dk = d * k
         coef, intercept = on_every_rank(

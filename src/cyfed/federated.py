@@ -27,7 +27,7 @@ from cyfed import gradients
 from cyfed._simd import load
 from cyfed.comm import LocalComm
 from cyfed.data import shard_rows
-from cyfed.distributed import local_labels_max, on_every_rank
+from cyfed.distributed import agree_on_data, local_labels_max, on_every_rank
 from cyfed.strategies import Strategy
 
 _sgd, _ = load("_sgd")
@@ -177,18 +177,8 @@ class FederatedTrainer:
             comm, lambda: (self._settings(), self._hosted(clients, comm)))
         m = on_every_rank(comm, lambda: self._sample_size(n_clients))
         problem, offsets, ids, top = on_every_rank(comm, lambda: self._prepare(hosted))
-        meta = comm.allgather_obj((problem.d if problem.n else None, str(problem.dtype), top))
-        widths = {w for w, _, _ in meta if w is not None}
-        dtypes = {t for w, t, _ in meta if w is not None}
-        if len(widths) > 1 or len(dtypes) > 1:
-            raise ValueError(f"ranks disagree on the clients' data: features {sorted(widths)}, "
-                             f"dtypes {sorted(dtypes)}")
-        d = widths.pop()
-        k = max(max(t for _, _, t in meta) + 1, 2) if problem.kind == gradients.Kind.SOFTMAX \
-            else 1
-        if problem.n == 0:
-            problem = gradients.prepare(self.loss, np.empty((0, d)), np.empty(0),
-                                        allow_empty=True)
+        problem, _, k = agree_on_data(comm, problem, top)
+        d = problem.d
         self._run = {
             "comm": comm, "n_clients": n_clients, "m": m, "problem": problem,
             "offsets": offsets,

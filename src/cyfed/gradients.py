@@ -91,8 +91,9 @@ class Problem:
     further checks.
     """
 
-    def __init__(self, kind, X, y, sample_weight):
-        self.kind, self.X, self.y = kind, X, y
+    def __init__(self, kind_name, X, y, sample_weight):
+        self.kind_name, self.kind = kind_name, LOSSES[kind_name]
+        self.X, self.y = X, y
         self.sample_weight = sample_weight          # empty array: unit weights
         self.n, self.d = X.shape
         self.dtype = X.dtype
@@ -127,13 +128,13 @@ _ALL_ROWS = np.empty(0, dtype=np.intp)
 
 def prepare(loss, X, y, sample_weight=None, *, allow_empty=False):
     """Validate and coerce (loss, X, y, sample_weight) into a `Problem`."""
-    kind = _loss_kind(loss)
+    _loss_kind(loss)
     X = check.matrix(X, "X", allow_empty=allow_empty)
     n = X.shape[0]
     y = check.vector(y, "y", n, X.dtype)
     sw = (np.empty(0, dtype=X.dtype) if sample_weight is None
           else check.vector(sample_weight, "sample_weight", n, X.dtype))
-    return Problem(kind, X, y, sw)
+    return Problem(loss, X, y, sw)
 
 
 def loss_grad(loss, X, y, coef, intercept=None, *, l2=0.0, sample_weight=None, rows=None,
