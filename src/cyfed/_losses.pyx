@@ -14,7 +14,7 @@ from cython cimport floating
 from cython.parallel cimport prange
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 
-from cyfed._vector_math cimport (CYFED_NARROW_MAX, axpy8, check_block, cyfed_have_openmp,
+from cyfed._vector_math cimport (CYFED_NARROW_MAX, CYFED_SOFTMAX_WORK, axpy8, check_block, cyfed_have_openmp,
                                  cyfed_max_threads, cyfed_prefetch_l2, dot8, gemv4,
                                  gemv4_vec, ger4, ger4_vec, link, narrow, softmax_lanes,
                                  softmax_vectors)
@@ -125,7 +125,7 @@ cdef struct Scratch:
     void *ones       # B unit weights (used when there are no sample weights)
     void *xcopy      # B * d gathered rows (narrow path with a row subset)
     void *gblk       # d * kp + k gradient sums of one block (float32 only)
-    void *work       # (k + 4) * (B + 8) class-major copy of a block (softmax link)
+    void *work       # CYFED_SOFTMAX_WORK(k, B + 8): class-major copy of a block (softmax link)
     const void **xp  # B + 8 row pointers
 
 
@@ -288,7 +288,7 @@ def loss_grad_sums(int kind, const floating[:, ::1] X, const floating[::1] y,
     if intercept.shape[0] > 0:
         bpad[:k] = intercept
     cdef floating[:, ::1] zbuf = np.empty((nt, (B + 8) * kp), dtype=dtype)
-    cdef Py_ssize_t work_size = (k + 4) * (B + 8) if kind == SOFTMAX else 0
+    cdef Py_ssize_t work_size = CYFED_SOFTMAX_WORK(k, B + 8) if kind == SOFTMAX else 0
     cdef floating[:, ::1] vbuf = np.empty((nt, 3 * (B + 8) + B * d + stride + work_size),
                                           dtype=dtype)
     cdef size_t[:, ::1] xptr = np.empty((nt, B + 8), dtype=np.uintp)

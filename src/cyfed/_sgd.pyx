@@ -17,9 +17,10 @@ from cython.parallel cimport prange
 from libc.stdint cimport uint64_t
 from libc.string cimport memcpy, memset
 
-from cyfed._vector_math cimport (KIND_SOFTMAX, axpy8, cyfed_thread_id, dot8, gemv4,
-                                 gemv4_vec, ger4, ger4_vec, link, sgd_step, softmax_lanes,
-                                 softmax_vectors, sum_rows)
+from cyfed._vector_math cimport (KIND_SOFTMAX, axpy8, cyfed_prefetch_l2, cyfed_thread_id,
+                                 dot8, gemv4, gemv4_vec, ger4, ger4_vec, link,
+                                 CYFED_SOFTMAX_WORK, sgd_step, softmax_lanes, softmax_vectors,
+                                 sum_rows)
 
 import numpy as np
 
@@ -76,7 +77,9 @@ cdef double batch_gradient(int kind, const floating *X, const floating *y, Py_ss
                            floating *G, floating *z, floating *yb, floating *wb,
                            const floating **xp, floating *work) noexcept nogil:
     """Sum over the m batch rows of the loss (returned) and of its gradient (into G,
-    (d*kp + k) entries, overwritten).  W is (d, kp); padding rows have weight 0."""
+    (d + 1) * kp entries, overwritten).  W is (d, kp) and b (kp,); lanes >= k are
+    padding (0).  Rows are taken in groups (4 softmax, 8 otherwise); the last
+    group is padded with weight-0 rows whose multipliers are zeroed."""
     cdef Py_ssize_t i, c, group = 4 if kind == KIND_SOFTMAX else 8
     cdef Py_ssize_t mp = (m + group - 1) // group * group
     cdef double loss
@@ -84,18 +87,20 @@ cdef double batch_gradient(int kind, const floating *X, const floating *y, Py_ss
         xp[i] = X + rows[i if i < m else 0] * d
         yb[i] = y[rows[i if i < m else 0]]
         wb[i] = 1 if i < m else 0
-    for i in range(d * kp + k):
-        G[i] = 0
+    memset(G, 0, (d + 1) * kp * sizeof(floating))
     if kind == KIND_SOFTMAX:
         for i in range(mp):
-            for c in range(kp):
-                z[i * kp + c] = b[c] if (has_b and c < k) else 0
+            if has_b:
+                memcpy(z + i * kp, b, kp * sizeof(floating))
+            else:
+                memset(z + i * kp, 0, kp * sizeof(floating))
         for i in range(0, mp, 4):
             if nv > 0:
                 gemv4_vec(xp + i, W, d, nv, z + i * kp, kp)
             else:
                 gemv4(xp + i, W, d, k, z + i * k)
-        loss = link(kind, z, yb, wb, mp, k, kp, work)
+        loss = link(kind, z, yb, wb, m, k, kp, work)
+        memset(z + m * kp, 0, (mp - m) * kp * sizeof(floating))
         for i in range(0, mp, 4):
             if nv > 0:
                 ger4_vec(G, xp + i, z + i * kp, kp, d, nv)
@@ -118,38 +123,34 @@ cdef double batch_gradient(int kind, const floating *X, const floating *y, Py_ss
 cdef struct Settings:
     int kind
     Py_ssize_t d, k, kp, batch, max_steps
-    int nv, has_b
+    int nv, has_b, plain
     double lr, l2, mu, momentum
     uint64_t seed, rnd
 
 
 cdef void train_client(Settings s, const floating *X, const floating *y, Py_ssize_t n,
-                       uint64_t client, Py_ssize_t epochs, const floating *W0,
-                       const floating *b0, const floating *corr, double *out,
-                       double *loss_out, Py_ssize_t *steps_out, floating *w, floating *v,
-                       floating *G, floating *w0, floating *cp, floating *z, floating *yb,
-                       floating *wb, const floating **xp, floating *work,
-                       Py_ssize_t *perm) noexcept nogil:
-    """E epochs of mini-batch SGD for one client, from the global (W0, b0); the local
-    model is written unpadded to out ((d*k + k) entries).  w, v, G, w0 (the global
-    model) and cp (the correction) use the padded layout (d*kp + k)."""
-    cdef Py_ssize_t d = s.d, k = s.k, kp = s.kp, P = d * kp + k, dkp = d * kp
+                       uint64_t client, Py_ssize_t epochs, const floating *w0,
+                       const floating *corr, double *out, double *loss_out,
+                       Py_ssize_t *steps_out, floating *w, floating *v, floating *G,
+                       floating *cp, floating *z, floating *yb, floating *wb,
+                       const floating **xp, floating *work, Py_ssize_t *perm) noexcept nogil:
+    """E epochs of mini-batch SGD for one client from the global model w0; the
+    local model is written unpadded to out ((d*k + k) entries).  w0, w, v, G and
+    cp (the correction; zero on entry, padding kept 0) use the padded layout of
+    (d + 1) rows of kp (coef rows, then the intercept)."""
+    cdef Py_ssize_t d = s.d, k = s.k, kp = s.kp, P = (d + 1) * kp, dkp = d * kp
     cdef Py_ssize_t e, start, m, j, c, steps = 0, rows_seen = 0
     cdef double loss = 0.0
     cdef floating scale, lr = <floating>s.lr, l2 = <floating>s.l2, mu = <floating>s.mu
     cdef floating mom = <floating>s.momentum
-    memset(w0, 0, P * sizeof(floating))
-    memset(cp, 0, P * sizeof(floating))
-    memset(v, 0, P * sizeof(floating))
-    for j in range(d):                         # the global model, padded to kp columns
-        memcpy(w0 + j * kp, W0 + j * k, k * sizeof(floating))
-        if corr != NULL:
-            memcpy(cp + j * kp, corr + j * k, k * sizeof(floating))
-    if s.has_b:
-        memcpy(w0 + dkp, b0, k * sizeof(floating))
-    if corr != NULL:
-        memcpy(cp + dkp, corr + d * k, k * sizeof(floating))
+    cdef floating *corr_p = NULL if (corr == NULL and s.plain) else cp
+    cyfed_prefetch_l2(X, min(n * d, 1 << 15) * sizeof(floating))
     memcpy(w, w0, P * sizeof(floating))
+    if s.momentum != 0:
+        memset(v, 0, P * sizeof(floating))
+    if corr != NULL:
+        for j in range(d + 1):
+            memcpy(cp + j * kp, corr + j * k, k * sizeof(floating))
     for e in range(epochs):
         shuffle(perm, n, stream_seed(s.seed, s.rnd, client, e))
         start = 0
@@ -159,10 +160,10 @@ cdef void train_client(Settings s, const floating *X, const floating *y, Py_ssiz
                                    w + dkp, s.has_b, G, z, yb, wb, xp, work)
             scale = <floating>(1.0 / m)
             # g = mean gradient + l2 w (coef only) + mu (w - w_global) + correction
-            sgd_step(w, v, G, w0, cp, dkp, scale, l2, mu, mom, lr)
+            sgd_step(w, v, G, w0, corr_p, dkp, scale, l2, mu, mom, lr)
             if s.has_b:                                # the intercept: no L2
-                sgd_step(w + dkp, v + dkp, G + dkp, w0 + dkp, cp + dkp, k, scale, 0, mu,
-                         mom, lr)
+                sgd_step(w + dkp, v + dkp, G + dkp, w0 + dkp,
+                         corr_p + dkp if corr_p != NULL else NULL, kp, scale, 0, mu, mom, lr)
             start += m
             steps += 1
             rows_seen += m
@@ -201,22 +202,28 @@ def train_clients(int kind, const floating[:, ::1] X, const floating[::1] y,
     s.kp = s.nv * softmax_lanes(&global_params[0]) if s.nv > 0 else k
     s.batch, s.max_steps, s.has_b = batch_size, max_steps, fit_intercept
     s.lr, s.l2, s.mu, s.momentum, s.seed, s.rnd = lr, l2, mu, momentum, seed, rnd
-    cdef Py_ssize_t kp = s.kp, P = d * kp + k, B8 = batch_size + 8
-    cdef Py_ssize_t max_rows = 0, i, t
+    s.plain = corrections.shape[0] == 0 and l2 == 0 and mu == 0 and momentum == 0
+    cdef Py_ssize_t kp = s.kp, P = (d + 1) * kp, B8 = batch_size + 8
+    cdef Py_ssize_t max_rows = 0, i, t, j
     for i in range(m_clients):
         max_rows = max(max_rows, offsets[which[i] + 1] - offsets[which[i]])
     cdef int nt = max(1, min(n_threads, m_clients))
     if m_clients == 0:
         return
     dtype = np.float32 if floating is float else np.float64
-    cdef floating[:, ::1] buf = np.empty((nt, 5 * P + B8 * (kp + 2) + (k + 4) * B8 + 8),
+    # the global model in the padded layout, shared by every client
+    cdef floating[::1] w0 = np.zeros(P, dtype=dtype)
+    for j in range(d + 1):
+        for t in range(k):
+            w0[j * kp + t] = global_params[j * k + t]
+    # per thread: w, v, G, cp (zeroed once), z, yb, wb, link work
+    cdef floating[:, ::1] buf = np.zeros((nt, 4 * P + B8 * (kp + 2) + CYFED_SOFTMAX_WORK(k, B8)),
                                          dtype=dtype)
     cdef size_t[:, ::1] ptrs = np.zeros((nt, B8), dtype=np.uintp)
     cdef Py_ssize_t[:, ::1] perms = np.empty((nt, max(max_rows, 1)), dtype=np.intp)
     cdef const floating *corr_base = &corrections[0, 0] if corrections.shape[0] > 0 else NULL
     cdef const floating *Xp = &X[0, 0]
     cdef const floating *yp = &y[0]
-    cdef const floating *gp = &global_params[0]
     cdef floating *scratch
     cdef Py_ssize_t row0
     for i in prange(m_clients, nogil=True, num_threads=nt, schedule="dynamic"):
@@ -224,10 +231,10 @@ def train_clients(int kind, const floating[:, ::1] X, const floating[::1] y,
         scratch = &buf[t, 0]
         row0 = offsets[which[i]]
         train_client(s, Xp + row0 * d, yp + row0, offsets[which[i] + 1] - row0,
-                     <uint64_t>client_ids[i], epochs[i], gp, gp + d * k,
+                     <uint64_t>client_ids[i], epochs[i], &w0[0],
                      corr_base + i * (d * k + k) if corr_base != NULL else NULL,
                      &out[i, 0], &losses[i], &steps[i],
-                     scratch, scratch + P, scratch + 2 * P, scratch + 3 * P, scratch + 4 * P,
-                     scratch + 5 * P, scratch + 5 * P + B8 * kp,
-                     scratch + 5 * P + B8 * (kp + 1), <const floating **>&ptrs[t, 0],
-                     scratch + 5 * P + B8 * (kp + 2), &perms[t, 0])
+                     scratch, scratch + P, scratch + 2 * P, scratch + 3 * P,
+                     scratch + 4 * P, scratch + 4 * P + B8 * kp,
+                     scratch + 4 * P + B8 * (kp + 1), <const floating **>&ptrs[t, 0],
+                     scratch + 4 * P + B8 * (kp + 2), &perms[t, 0])

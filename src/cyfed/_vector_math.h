@@ -49,6 +49,9 @@ static inline int cyfed_have_openmp(void) { return 0; }
 #define CYFED_MAX_NV_d 4
 #define CYFED_MAX_NV_f 2
 
+/* Work entries the softmax link needs for a block of m rows of k classes. */
+#define CYFED_SOFTMAX_WORK(k, m) (((k) + 6) * ((m) + 16))
+
 /* Widest X (columns) that takes the compile-time-D "narrow" path. */
 #define CYFED_NARROW_MAX 16
 

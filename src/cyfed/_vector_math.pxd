@@ -7,6 +7,7 @@ from cython cimport floating
 
 cdef extern from "_vector_math.h" nogil:
     int CYFED_NARROW_MAX
+    Py_ssize_t CYFED_SOFTMAX_WORK(Py_ssize_t k, Py_ssize_t m)
     int CYFED_VEC_BYTES_d
     int CYFED_VEC_BYTES_f
     int CYFED_MAX_NV_d

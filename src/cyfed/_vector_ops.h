@@ -80,6 +80,7 @@ static inline void CYFED_FN(ger4)(CYFED_T *CYFED_RESTRICT G, const CYFED_T *x0,
 /*
  * One local SGD step over n parameters (restrict: the arrays never overlap):
  * g = G scale + l2 w + mu (w - w0) + corr;  v = mom v + g;  w -= lr v.
+ * corr may be NULL only for plain SGD (l2 = mu = mom = 0), which skips v.
  */
 static inline void CYFED_FN(sgd_step)(CYFED_T *CYFED_RESTRICT w, CYFED_T *CYFED_RESTRICT v,
                                       const CYFED_T *CYFED_RESTRICT G,
@@ -88,6 +89,12 @@ static inline void CYFED_FN(sgd_step)(CYFED_T *CYFED_RESTRICT w, CYFED_T *CYFED_
                                       CYFED_T scale, CYFED_T l2, CYFED_T mu, CYFED_T mom,
                                       CYFED_T lr)
 {
+    if (corr == NULL && l2 == 0 && mu == 0 && mom == 0) {   /* plain SGD: w -= lr G scale */
+        CYFED_PRAGMA(omp simd)
+        for (Py_ssize_t j = 0; j < n; ++j)
+            w[j] -= lr * (G[j] * scale);
+        return;
+    }
     CYFED_PRAGMA(omp simd)
     for (Py_ssize_t j = 0; j < n; ++j) {
         const CYFED_T g = G[j] * scale + l2 * w[j] + mu * (w[j] - w0[j]) + corr[j];
@@ -173,31 +180,46 @@ static CYFED_INLINE double CYFED_FN(link_logistic)(CYFED_T *CYFED_RESTRICT z,
  *   loss = w ((mx - z_y) + log1p(S')),
  *   r_c  = w (e_c / S - [c == y]),  and r_y = -w S'/S when y = c*,
  * so confidently right rows keep their relative accuracy.  The block is
- * copied class-major into `work` ((k + 4) * m entries) so that every step
- * vectorises across rows rather than across the few classes of one row.
+ * copied class-major into `work` (CYFED_SOFTMAX_WORK(k, m) entries), its rows
+ * padded to whole vectors of CYFED_LINK_LANES, so that every step vectorises
+ * across rows rather than across the few classes of one row, without remainders.
  */
+#define CYFED_LINK_LANES ((Py_ssize_t)(64 / sizeof(CYFED_T)))
 static inline double CYFED_FN(link_softmax)(CYFED_T *CYFED_RESTRICT z,
                                             const CYFED_T *CYFED_RESTRICT y,
                                             const CYFED_T *CYFED_RESTRICT w,
                                             Py_ssize_t m, Py_ssize_t k, Py_ssize_t ldz,
                                             CYFED_T *CYFED_RESTRICT work)
 {
-    CYFED_T *zt = work, *mx = work + k * m, *top = mx + m, *sum = top + m, *others = sum + m;
-    for (Py_ssize_t i = 0; i < m; ++i)
-        for (Py_ssize_t c = 0; c < k; ++c)
-            zt[c * m + i] = z[i * ldz + c];
-    CYFED_PRAGMA(omp simd)
+    const Py_ssize_t L = CYFED_LINK_LANES, mv = (m + L - 1) / L * L;
+    CYFED_T *zt = work, *mx = zt + k * mv, *top = mx + mv, *sum = top + mv;
+    CYFED_T *others = sum + mv, *zy = others + mv, *wv = zy + mv;
     for (Py_ssize_t i = 0; i < m; ++i) {
+        const CYFED_T *zi = z + i * ldz;
+        for (Py_ssize_t c = 0; c < k; ++c)
+            zt[c * mv + i] = zi[c];
+        zy[i] = zi[(Py_ssize_t)y[i]];
+        wv[i] = w[i];
+    }
+    for (Py_ssize_t i = m; i < mv; ++i) {            /* padding rows: finite, weight 0 */
+        for (Py_ssize_t c = 0; c < k; ++c)
+            zt[c * mv + i] = 0;
+        zy[i] = 0;
+        wv[i] = 0;
+    }
+    /* every loop below runs whole vectors of L rows */
+#define CYFED_ROWS(i) for (Py_ssize_t i##0 = 0; i##0 < mv; i##0 += L) \
+                      CYFED_PRAGMA(omp simd) for (Py_ssize_t i = i##0; i < i##0 + L; ++i)
+    CYFED_ROWS(i) {
         mx[i] = zt[i];
         top[i] = 0;
         sum[i] = 0;
         others[i] = 0;
     }
     for (Py_ssize_t c = 1; c < k; ++c) {
-        const CYFED_T *zc = zt + c * m;
+        const CYFED_T *zc = zt + c * mv;
         const CYFED_T label_c = (CYFED_T)c;
-        CYFED_PRAGMA(omp simd)
-        for (Py_ssize_t i = 0; i < m; ++i) {   /* unconditional stores: if-converted */
+        CYFED_ROWS(i) {                           /* unconditional stores: if-converted */
             const CYFED_T zi = zc[i], best = mx[i], at = top[i];
             const int up = zi > best;
             mx[i] = up ? zi : best;
@@ -205,29 +227,28 @@ static inline double CYFED_FN(link_softmax)(CYFED_T *CYFED_RESTRICT z,
         }
     }
     for (Py_ssize_t c = 0; c < k; ++c) {
-        CYFED_T *zc = zt + c * m;
-        CYFED_PRAGMA(omp simd)
-        for (Py_ssize_t i = 0; i < m; ++i) {
+        CYFED_T *zc = zt + c * mv;
+        CYFED_ROWS(i) {
             const CYFED_T e = CYFED_FN(exp_neg)(zc[i] - mx[i]);
             zc[i] = e;
             sum[i] += e;
             others[i] += top[i] == (CYFED_T)c ? 0 : e;
         }
     }
-    double loss = 0.0;
-    for (Py_ssize_t i = 0; i < m; ++i) {
-        const Py_ssize_t label = (Py_ssize_t)y[i];
-        loss += (double)w[i] * ((double)(mx[i] - z[i * ldz + label])
-                                + (double)CYFED_FN(log1p)(others[i]));
+    CYFED_ROWS(i) {
+        zy[i] = mx[i] - zy[i];                     /* mx - z_y >= 0 */
+        mx[i] = CYFED_FN(log1p)(others[i]);        /* mx now log1p(S') */
+        sum[i] = wv[i] / sum[i];                   /* sum now the scale w / S */
     }
-    CYFED_PRAGMA(omp simd)
+#undef CYFED_ROWS
+    double loss = 0.0;
     for (Py_ssize_t i = 0; i < m; ++i)
-        sum[i] = w[i] / sum[i];                       /* now the scale w / S */
+        loss += (double)w[i] * ((double)zy[i] + (double)mx[i]);
     for (Py_ssize_t i = 0; i < m; ++i) {
         const Py_ssize_t label = (Py_ssize_t)y[i];
         CYFED_T *zi = z + i * ldz;
         for (Py_ssize_t c = 0; c < k; ++c)
-            zi[c] = zt[c * m + i] * sum[i];
+            zi[c] = zt[c * mv + i] * sum[i];
         zi[label] = (CYFED_T)label == top[i] ? -others[i] * sum[i] : zi[label] - w[i];
     }
     return loss;
@@ -448,6 +469,7 @@ static void CYFED_FN(ger4_vec)(CYFED_T *G, const CYFED_T *x0, const CYFED_T *x1,
 }
 #endif
 
+#undef CYFED_LINK_LANES
 #undef CYFED_FN
 #undef CYFED_CAT
 #undef CYFED_CAT2
