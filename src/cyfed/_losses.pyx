@@ -211,7 +211,7 @@ cdef int run_blocks(int kind, const floating *X, Py_ssize_t n, Py_ssize_t d, Py_
                     for c in range(kp):
                         zb[(i + u) * kp + c] = bpad[c]
                 if nv > 0:
-                    gemv4_vec(xp + i, coef, d, nv, zb + i * kp, kp)
+                    gemv4_vec(xp + i, 4, coef, d, nv, zb + i * kp, kp)
                 else:
                     gemv4(xp + i, coef, d, k, zb + i * k)
         else:
@@ -230,7 +230,7 @@ cdef int run_blocks(int kind, const floating *X, Py_ssize_t n, Py_ssize_t d, Py_
         else:
             for i in range(0, mp, 4):
                 if nv > 0:
-                    ger4_vec(gsum, xp + i, zb + i * kp, kp, d, nv)
+                    ger4_vec(gsum, xp + i, 4, zb + i * kp, kp, d, nv)
                 else:
                     ger4(gsum, xp + i, zb + i * k, d, k)
         if intercept != NULL:

@@ -79,7 +79,8 @@ cdef double batch_gradient(int kind, const floating *X, const floating *y, Py_ss
     """Sum over the m batch rows of the loss (returned) and of its gradient (into G,
     (d + 1) * kp entries, overwritten).  W is (d, kp) and b (kp,); lanes >= k are
     padding (0).  Rows are taken in groups (4 softmax, 8 otherwise); the last
-    group is padded with weight-0 rows whose multipliers are zeroed."""
+    group is padded with weight-0 rows, except on the softmax micro-kernels,
+    which take a short last group as it is."""
     cdef Py_ssize_t i, c, group = 4 if kind == KIND_SOFTMAX else 8
     cdef Py_ssize_t mp = (m + group - 1) // group * group
     cdef double loss
@@ -94,17 +95,18 @@ cdef double batch_gradient(int kind, const floating *X, const floating *y, Py_ss
                 memcpy(z + i * kp, b, kp * sizeof(floating))
             else:
                 memset(z + i * kp, 0, kp * sizeof(floating))
-        for i in range(0, mp, 4):
-            if nv > 0:
-                gemv4_vec(xp + i, W, d, nv, z + i * kp, kp)
-            else:
+        if nv > 0:                  # the last group takes only the rows it has
+            for i in range(0, m, 4):
+                gemv4_vec(xp + i, min(4, m - i), W, d, nv, z + i * kp, kp)
+            loss = link(kind, z, yb, wb, m, k, kp, work)
+            for i in range(0, m, 4):
+                ger4_vec(G, xp + i, min(4, m - i), z + i * kp, kp, d, nv)
+            mp = m                  # z holds exactly the m batch rows
+        else:
+            for i in range(0, mp, 4):
                 gemv4(xp + i, W, d, k, z + i * k)
-        loss = link(kind, z, yb, wb, m, k, kp, work)
-        memset(z + m * kp, 0, (mp - m) * kp * sizeof(floating))
-        for i in range(0, mp, 4):
-            if nv > 0:
-                ger4_vec(G, xp + i, z + i * kp, kp, d, nv)
-            else:
+            loss = link(kind, z, yb, wb, mp, k, kp, work)
+            for i in range(0, mp, 4):
                 ger4(G, xp + i, z + i * k, d, k)
     else:
         for i in range(0, mp, 8):

@@ -41,14 +41,14 @@ cdef extern from "_vector_math.h" nogil:
                           int, float*, const float*, const float*, float*)
     Py_ssize_t cyfed_check_block_d(int, const double*, const double*, Py_ssize_t, double*)
     Py_ssize_t cyfed_check_block_f(int, const float*, const float*, Py_ssize_t, double*)
-    void cyfed_gemv4_vec_d(const double*, const double*, const double*, const double*,
-                           const double*, Py_ssize_t, int, double*, Py_ssize_t)
-    void cyfed_gemv4_vec_f(const float*, const float*, const float*, const float*,
-                           const float*, Py_ssize_t, int, float*, Py_ssize_t)
-    void cyfed_ger4_vec_d(double*, const double*, const double*, const double*,
-                          const double*, const double*, Py_ssize_t, Py_ssize_t, int)
-    void cyfed_ger4_vec_f(float*, const float*, const float*, const float*,
-                          const float*, const float*, Py_ssize_t, Py_ssize_t, int)
+    void cyfed_gemv4_vec_d(const double**, int, const double*, Py_ssize_t, int, double*,
+                           Py_ssize_t)
+    void cyfed_gemv4_vec_f(const float**, int, const float*, Py_ssize_t, int, float*,
+                           Py_ssize_t)
+    void cyfed_ger4_vec_d(double*, const double**, int, const double*, Py_ssize_t,
+                          Py_ssize_t, int)
+    void cyfed_ger4_vec_f(float*, const float**, int, const float*, Py_ssize_t,
+                          Py_ssize_t, int)
     int cyfed_thread_id()
     void cyfed_sgd_step_d(double*, double*, const double*, const double*, const double*,
                           Py_ssize_t, double, double, double, double, double)
@@ -133,20 +133,22 @@ cdef inline Py_ssize_t check_block(int kind, const floating *y, const floating *
         return cyfed_check_block_f(kind, y, w, m, wsum)
 
 
-cdef inline void gemv4_vec(const floating **x, const floating *Wp, Py_ssize_t d, int nv,
-                           floating *z, Py_ssize_t ldz) noexcept nogil:
+cdef inline void gemv4_vec(const floating **x, int nr, const floating *Wp, Py_ssize_t d,
+                           int nv, floating *z, Py_ssize_t ldz) noexcept nogil:
+    """z[u] += x[u] Wp for the nr <= 4 rows x[0..nr-1] (padded layout, nv vectors)."""
     if floating is double:
-        cyfed_gemv4_vec_d(x[0], x[1], x[2], x[3], Wp, d, nv, z, ldz)
+        cyfed_gemv4_vec_d(x, nr, Wp, d, nv, z, ldz)
     else:
-        cyfed_gemv4_vec_f(x[0], x[1], x[2], x[3], Wp, d, nv, z, ldz)
+        cyfed_gemv4_vec_f(x, nr, Wp, d, nv, z, ldz)
 
 
-cdef inline void ger4_vec(floating *G, const floating **x, const floating *R, Py_ssize_t ldr,
-                          Py_ssize_t d, int nv) noexcept nogil:
+cdef inline void ger4_vec(floating *G, const floating **x, int nr, const floating *R,
+                          Py_ssize_t ldr, Py_ssize_t d, int nv) noexcept nogil:
+    """G += sum_u x[u]^T R[u] for the nr <= 4 rows x[0..nr-1]."""
     if floating is double:
-        cyfed_ger4_vec_d(G, x[0], x[1], x[2], x[3], R, ldr, d, nv)
+        cyfed_ger4_vec_d(G, x, nr, R, ldr, d, nv)
     else:
-        cyfed_ger4_vec_f(G, x[0], x[1], x[2], x[3], R, ldr, d, nv)
+        cyfed_ger4_vec_f(G, x, nr, R, ldr, d, nv)
 
 
 cdef inline void sgd_step(floating *w, floating *v, const floating *G, const floating *w0,

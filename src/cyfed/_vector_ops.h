@@ -376,96 +376,108 @@ typedef CYFED_T CYFED_FN(uvec) __attribute__((vector_size(CYFED_VEC_BYTES),
 #define CYFED_LD(p) (*(const CYFED_FN(uvec) *)(p))
 
 static inline __attribute__((always_inline)) void
-CYFED_FN(gemv4_vec_impl)(const CYFED_T *x0, const CYFED_T *x1, const CYFED_T *x2,
-                         const CYFED_T *x3, const CYFED_T *Wp, Py_ssize_t d, int nv,
-                         CYFED_T *z, Py_ssize_t ldz)
+CYFED_FN(gemv4_vec_impl)(const CYFED_T *const *x, const CYFED_T *Wp, Py_ssize_t d, int nv,
+                         int nr, CYFED_T *z, Py_ssize_t ldz)
 {
     CYFED_FN(vec) a[4][CYFED_MAX_NV];
-    for (int u = 0; u < 4; ++u)
+    for (int u = 0; u < nr; ++u)
         for (int v = 0; v < nv; ++v)
             a[u][v] = CYFED_LD(z + u * ldz + v * CYFED_VLEN);
     for (Py_ssize_t j = 0; j < d; ++j) {
         const CYFED_T *wj = Wp + j * nv * CYFED_VLEN;
         for (int v = 0; v < nv; ++v) {
             const CYFED_FN(vec) wv = CYFED_LD(wj + v * CYFED_VLEN);
-            a[0][v] += x0[j] * wv;
-            a[1][v] += x1[j] * wv;
-            a[2][v] += x2[j] * wv;
-            a[3][v] += x3[j] * wv;
+            for (int u = 0; u < nr; ++u)
+                a[u][v] += x[u][j] * wv;
         }
     }
-    for (int u = 0; u < 4; ++u)
+    for (int u = 0; u < nr; ++u)
         for (int v = 0; v < nv; ++v)
             *(CYFED_FN(uvec) *)(z + u * ldz + v * CYFED_VLEN) = a[u][v];
 }
 
-static void CYFED_FN(gemv4_vec)(const CYFED_T *x0, const CYFED_T *x1, const CYFED_T *x2,
-                                const CYFED_T *x3, const CYFED_T *Wp, Py_ssize_t d, int nv,
-                                CYFED_T *z, Py_ssize_t ldz)
-{
-    switch (nv) {   /* a compile-time nv keeps the accumulators in registers */
-    case 1: CYFED_FN(gemv4_vec_impl)(x0, x1, x2, x3, Wp, d, 1, z, ldz); break;
-    case 2: CYFED_FN(gemv4_vec_impl)(x0, x1, x2, x3, Wp, d, 2, z, ldz); break;
-#if CYFED_MAX_NV > 2
-    case 3: CYFED_FN(gemv4_vec_impl)(x0, x1, x2, x3, Wp, d, 3, z, ldz); break;
-    case 4: CYFED_FN(gemv4_vec_impl)(x0, x1, x2, x3, Wp, d, 4, z, ldz); break;
-#endif
+/* Compile-time (nv, nr) keep the accumulators in registers. */
+#define CYFED_NV_NR_SWITCH(call)                                                  \
+    switch (nv * 4 + nr - 5) {                                                      \
+    case 0: call(1, 1); break; case 1: call(1, 2); break;                          \
+    case 2: call(1, 3); break; case 3: call(1, 4); break;                          \
+    case 4: call(2, 1); break; case 5: call(2, 2); break;                          \
+    case 6: call(2, 3); break; case 7: call(2, 4); break;                          \
+    CYFED_NV_NR_WIDE(call)                                                          \
     }
+#if CYFED_MAX_NV > 2
+#define CYFED_NV_NR_WIDE(call)                                                    \
+    case 8: call(3, 1); break; case 9: call(3, 2); break;                          \
+    case 10: call(3, 3); break; case 11: call(3, 4); break;                        \
+    case 12: call(4, 1); break; case 13: call(4, 2); break;                        \
+    case 14: call(4, 3); break; case 15: call(4, 4); break;
+#else
+#define CYFED_NV_NR_WIDE(call)
+#endif
+
+/* z[u] += x[u] Wp for the nr <= 4 rows x[0..nr-1] (z rows ldz apart). */
+static void CYFED_FN(gemv4_vec)(const CYFED_T *const *x, int nr, const CYFED_T *Wp,
+                                Py_ssize_t d, int nv, CYFED_T *z, Py_ssize_t ldz)
+{
+#define CYFED_CALL(NV, NR) CYFED_FN(gemv4_vec_impl)(x, Wp, d, NV, NR, z, ldz)
+    CYFED_NV_NR_SWITCH(CYFED_CALL)
+#undef CYFED_CALL
 }
 
 static inline __attribute__((always_inline)) void
-CYFED_FN(ger4_vec_impl)(CYFED_T *G, const CYFED_T *x0, const CYFED_T *x1, const CYFED_T *x2,
-                        const CYFED_T *x3, const CYFED_T *R, Py_ssize_t ldr, Py_ssize_t d,
-                        int nv)
+CYFED_FN(ger4_vec_impl)(CYFED_T *G, const CYFED_T *const *x, const CYFED_T *R,
+                        Py_ssize_t ldr, Py_ssize_t d, int nv, int nr)
 {
     CYFED_FN(vec) r[4][CYFED_MAX_NV];
-    for (int u = 0; u < 4; ++u)
+    for (int u = 0; u < nr; ++u)
         for (int v = 0; v < nv; ++v)
             r[u][v] = CYFED_LD(R + u * ldr + v * CYFED_VLEN);
     for (Py_ssize_t j = 0; j < d; ++j) {
         CYFED_T *gj = G + j * nv * CYFED_VLEN;
         for (int v = 0; v < nv; ++v) {
             CYFED_FN(uvec) *gv = (CYFED_FN(uvec) *)(gj + v * CYFED_VLEN);
-            *gv = *gv + (x0[j] * r[0][v] + x1[j] * r[1][v] + x2[j] * r[2][v] + x3[j] * r[3][v]);
+            CYFED_FN(vec) acc = x[0][j] * r[0][v];
+            for (int u = 1; u < nr; ++u)
+                acc += x[u][j] * r[u][v];
+            *gv = *gv + acc;
         }
     }
 }
 
-static void CYFED_FN(ger4_vec)(CYFED_T *G, const CYFED_T *x0, const CYFED_T *x1,
-                               const CYFED_T *x2, const CYFED_T *x3, const CYFED_T *R,
+/* G += sum_u x[u]^T R[u] for the nr <= 4 rows x[0..nr-1] (R rows ldr apart). */
+static void CYFED_FN(ger4_vec)(CYFED_T *G, const CYFED_T *const *x, int nr, const CYFED_T *R,
                                Py_ssize_t ldr, Py_ssize_t d, int nv)
 {
-    switch (nv) {
-    case 1: CYFED_FN(ger4_vec_impl)(G, x0, x1, x2, x3, R, ldr, d, 1); break;
-    case 2: CYFED_FN(ger4_vec_impl)(G, x0, x1, x2, x3, R, ldr, d, 2); break;
-#if CYFED_MAX_NV > 2
-    case 3: CYFED_FN(ger4_vec_impl)(G, x0, x1, x2, x3, R, ldr, d, 3); break;
-    case 4: CYFED_FN(ger4_vec_impl)(G, x0, x1, x2, x3, R, ldr, d, 4); break;
-#endif
-    }
+#define CYFED_CALL(NV, NR) CYFED_FN(ger4_vec_impl)(G, x, R, ldr, d, NV, NR)
+    CYFED_NV_NR_SWITCH(CYFED_CALL)
+#undef CYFED_CALL
 }
+#undef CYFED_NV_NR_SWITCH
+#undef CYFED_NV_NR_WIDE
 #undef CYFED_LD
 #undef CYFED_VLEN
 #undef CYFED_VEC_BYTES
 #undef CYFED_MAX_NV
 #else
-/* Portable fallback (no vector extensions): the generic loops over kp = nv * VLEN. */
-static void CYFED_FN(gemv4_vec)(const CYFED_T *x0, const CYFED_T *x1, const CYFED_T *x2,
-                                const CYFED_T *x3, const CYFED_T *Wp, Py_ssize_t d, int nv,
-                                CYFED_T *z, Py_ssize_t ldz)
+/* Portable fallback (no vector extensions): plain loops over kp = nv * VLEN lanes. */
+static void CYFED_FN(gemv4_vec)(const CYFED_T *const *x, int nr, const CYFED_T *Wp,
+                                Py_ssize_t d, int nv, CYFED_T *z, Py_ssize_t ldz)
 {
-    (void)ldz;  /* == kp */
-    CYFED_FN(gemv4)(x0, x1, x2, x3, Wp, d,
-                    nv * (Py_ssize_t)(CYFED_CAT(CYFED_VEC_BYTES, CYFED_S) / sizeof(CYFED_T)), z);
+    const Py_ssize_t kp = nv * (Py_ssize_t)(CYFED_CAT(CYFED_VEC_BYTES, CYFED_S) / sizeof(CYFED_T));
+    for (int u = 0; u < nr; ++u)
+        for (Py_ssize_t j = 0; j < d; ++j)
+            for (Py_ssize_t c = 0; c < kp; ++c)
+                z[u * ldz + c] += x[u][j] * Wp[j * kp + c];
 }
 
-static void CYFED_FN(ger4_vec)(CYFED_T *G, const CYFED_T *x0, const CYFED_T *x1,
-                               const CYFED_T *x2, const CYFED_T *x3, const CYFED_T *R,
+static void CYFED_FN(ger4_vec)(CYFED_T *G, const CYFED_T *const *x, int nr, const CYFED_T *R,
                                Py_ssize_t ldr, Py_ssize_t d, int nv)
 {
-    (void)ldr;  /* == kp */
-    CYFED_FN(ger4)(G, x0, x1, x2, x3, R, d,
-                   nv * (Py_ssize_t)(CYFED_CAT(CYFED_VEC_BYTES, CYFED_S) / sizeof(CYFED_T)));
+    const Py_ssize_t kp = nv * (Py_ssize_t)(CYFED_CAT(CYFED_VEC_BYTES, CYFED_S) / sizeof(CYFED_T));
+    for (int u = 0; u < nr; ++u)
+        for (Py_ssize_t j = 0; j < d; ++j)
+            for (Py_ssize_t c = 0; c < kp; ++c)
+                G[j * kp + c] += x[u][j] * R[u * ldr + c];
 }
 #endif
 
