@@ -14,9 +14,9 @@ from cython cimport floating
 from cython.parallel cimport prange
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 
-from cyfed._vector_math cimport (CYFED_NARROW_MAX, CYFED_SOFTMAX_WORK, axpy8, check_block, cyfed_have_openmp,
-                                 cyfed_max_threads, cyfed_prefetch_l2, dot8, gemv4,
-                                 gemv4_vec, ger4, ger4_vec, link, narrow, softmax_lanes,
+from cyfed._vector_math cimport (CYFED_NARROW_MAX, CYFED_SOFTMAX_WORK, axpy8, check_block,
+                                 cyfed_have_openmp, cyfed_max_threads, cyfed_prefetch_l2, dot8,
+                                 gemv4, gemv4_vec, ger4, ger4_vec, link, narrow, softmax_lanes,
                                  softmax_vectors)
 
 import numpy as np
