@@ -1,25 +1,125 @@
-"""Compiled aggregation kernels (validated by cyfed.aggregate).
+"""Compiled aggregation kernels over client rows (validated by cyfed.aggregate).
 
-Sums run over the client rows in the order given, each row added to a float64
-accumulator vectorised across parameters: the same bits on any machine, with
-any number of threads elsewhere in the process.
+`updates` is (K, d), one row per client.  Threads split the d coordinates into
+fixed blocks of BLOCK (sums over rows stay within a block and are finished in
+block order), so every result is bit-identical for any number of threads.
+NaN/Inf rows show in the sums' results (NaN/Inf propagate); network_mean, whose
+min/max would hide them, returns whether every value it read was finite.
 """
 from cython cimport floating
+from cython.parallel cimport prange
 
-from cyfed._vector_math cimport all_finite
+from cyfed._vector_math cimport (add_row, add_rows4, all_finite, cyfed_thread_id, load_tile,
+                                 mean_of_rows, network_lanes, run_network, sq_dist, sq_dist_to)
+
+import numpy as np
+
+cdef enum:
+    BLOCK = 4096          # coordinates per block
 
 
-def weighted_sum(const floating[:, ::1] updates, const double[::1] weights, double[::1] out):
-    """out = sum_i weights[i] * updates[i, :], rows added in order (out is overwritten)."""
-    cdef Py_ssize_t n_rows = updates.shape[0], n_cols = updates.shape[1], i, j
-    cdef double w
-    with nogil:
-        for j in range(n_cols):
-            out[j] = 0
-        for i in range(n_rows):
-            w = weights[i]
-            for j in range(n_cols):
-                out[j] += w * updates[i, j]
+cdef inline Py_ssize_t n_blocks(Py_ssize_t d) noexcept nogil:
+    return (d + BLOCK - 1) // BLOCK
+
+
+def weighted_sum(const floating[:, ::1] updates, const double[::1] weights, double[::1] out,
+                 int n_threads):
+    """out = sum_i weights[i] * updates[i, :], rows added in order, float64."""
+    cdef Py_ssize_t K = updates.shape[0], d = updates.shape[1], blk, i, j0, n
+    cdef const floating *U = &updates[0, 0]
+    cdef const double *w = &weights[0]
+    cdef double *o = &out[0]
+    for blk in prange(n_blocks(d), nogil=True, num_threads=n_threads, schedule="static"):
+        j0 = blk * BLOCK
+        n = min(BLOCK, d - j0)
+        for i in range(n):
+            o[j0 + i] = 0
+        i = 0
+        while i + 4 <= K:
+            add_rows4(o + j0, U + i * d + j0, U + (i + 1) * d + j0, U + (i + 2) * d + j0,
+                      U + (i + 3) * d + j0, w + i, n)
+            i = i + 4
+        while i < K:
+            add_row(o + j0, U + i * d + j0, w[i], n)
+            i = i + 1
+
+
+def sq_dists_to(const floating[:, ::1] updates, const double[::1] center, double[::1] out,
+                int n_threads):
+    """out[i] = ||updates[i] - center||^2 (float64)."""
+    cdef Py_ssize_t K = updates.shape[0], d = updates.shape[1], nb = n_blocks(d), blk, i, j0
+    cdef double[:, ::1] partial = np.empty((nb, K))
+    cdef const floating *U = &updates[0, 0]
+    for blk in prange(nb, nogil=True, num_threads=n_threads, schedule="static"):
+        j0 = blk * BLOCK
+        for i in range(K):
+            partial[blk, i] = sq_dist_to(U + i * d + j0, &center[j0], min(BLOCK, d - j0))
+    _sum_blocks(partial, out)
+
+
+def pair_sq_dists(const floating[:, ::1] updates, double[:, ::1] out, int n_threads):
+    """out[i, j] = ||updates[i] - updates[j]||^2, exact differences (no Gram identity)."""
+    cdef Py_ssize_t K = updates.shape[0], d = updates.shape[1], nb = n_blocks(d)
+    cdef Py_ssize_t n_pairs = K * (K - 1) // 2, blk, i, j, p, j0, n
+    cdef double[:, ::1] partial = np.empty((nb, max(n_pairs, 1)))
+    cdef double[::1] flat = np.empty(max(n_pairs, 1))
+    cdef const floating *U = &updates[0, 0]
+    for blk in prange(nb, nogil=True, num_threads=n_threads, schedule="static"):
+        j0 = blk * BLOCK
+        n = min(BLOCK, d - j0)
+        p = 0
+        for i in range(K):
+            for j in range(i + 1, K):
+                partial[blk, p] = sq_dist(U + i * d + j0, U + j * d + j0, n)
+                p = p + 1
+    if n_pairs == 0:
+        out[0, 0] = 0
+        return
+    _sum_blocks(partial, flat)
+    p = 0
+    for i in range(K):
+        out[i, i] = 0
+        for j in range(i + 1, K):
+            out[i, j] = flat[p]
+            out[j, i] = flat[p]
+            p += 1
+
+
+cdef void _sum_blocks(double[:, ::1] partial, double[::1] out) noexcept:
+    """out[c] = sum over blocks, in block order, of partial[blk, c]."""
+    cdef Py_ssize_t blk, c
+    for c in range(out.shape[0]):
+        out[c] = 0
+    for blk in range(partial.shape[0]):
+        for c in range(out.shape[0]):
+            out[c] += partial[blk, c]
+
+
+def network_mean(const floating[:, ::1] updates, const int[:, ::1] network, Py_ssize_t lo,
+                 Py_ssize_t hi, floating[::1] out, int n_threads):
+    """Per coordinate: run the comparator network over the K values, then out[j] =
+    mean of the values at positions lo..hi-1 (a median, a trimmed mean).
+
+    Tiles of network_lanes coordinates x K rows are copied to a per-thread buffer;
+    each comparator is a vector min/max across two client rows."""
+    cdef Py_ssize_t K = updates.shape[0], d = updates.shape[1]
+    cdef Py_ssize_t L = network_lanes(&out[0]), n_tiles = (d + L - 1) // L
+    cdef Py_ssize_t n_comp = network.shape[0], tile, j0, n, t
+    cdef int nt = max(1, min(n_threads, n_tiles))
+    dtype = np.float32 if floating is float else np.float64
+    cdef floating[:, ::1] buf = np.empty((nt, K * L), dtype=dtype)
+    cdef int[::1] finite = np.ones(nt, dtype=np.intc)
+    cdef const int *net = &network[0, 0] if n_comp > 0 else NULL
+    cdef const floating *U = &updates[0, 0]
+    for tile in prange(n_tiles, nogil=True, num_threads=nt, schedule="static"):
+        t = cyfed_thread_id()
+        j0 = tile * L
+        n = min(L, d - j0)
+        if not load_tile(&buf[t, 0], U, K, d, j0, n):
+            finite[t] = 0
+        run_network(&buf[t, 0], net, n_comp)
+        mean_of_rows(&buf[t, 0], lo, hi, &out[j0], n)
+    return int(min(finite))
 
 
 def finite_rows(const floating[:, ::1] updates, unsigned char[::1] out):

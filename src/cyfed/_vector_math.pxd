@@ -50,6 +50,22 @@ cdef extern from "_vector_math.h" nogil:
     void cyfed_ger4_vec_f(float*, const float**, int, const float*, Py_ssize_t,
                           Py_ssize_t, int)
     int cyfed_thread_id()
+    void cyfed_add_rows4_d(double*, const double*, const double*, const double*, const double*,
+                           double, double, double, double, Py_ssize_t)
+    void cyfed_add_rows4_f(double*, const float*, const float*, const float*, const float*,
+                           double, double, double, double, Py_ssize_t)
+    void cyfed_add_row_d(double*, const double*, double, Py_ssize_t)
+    void cyfed_add_row_f(double*, const float*, double, Py_ssize_t)
+    double cyfed_sq_dist_to_d(const double*, const double*, Py_ssize_t)
+    double cyfed_sq_dist_to_f(const float*, const double*, Py_ssize_t)
+    double cyfed_sq_dist_d(const double*, const double*, Py_ssize_t)
+    double cyfed_sq_dist_f(const float*, const float*, Py_ssize_t)
+    void cyfed_run_network_d(double*, const int*, Py_ssize_t)
+    void cyfed_run_network_f(float*, const int*, Py_ssize_t)
+    int cyfed_load_tile_d(double*, const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t)
+    int cyfed_load_tile_f(float*, const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t)
+    void cyfed_mean_of_rows_d(const double*, Py_ssize_t, Py_ssize_t, double*, Py_ssize_t)
+    void cyfed_mean_of_rows_f(const float*, Py_ssize_t, Py_ssize_t, float*, Py_ssize_t)
     void cyfed_sgd_step_d(double*, double*, const double*, const double*, const double*,
                           Py_ssize_t, double, double, double, double, double)
     void cyfed_sgd_step_f(float*, float*, const float*, const float*, const float*,
@@ -189,3 +205,61 @@ cdef inline int softmax_vectors(Py_ssize_t k, const floating *type_tag) noexcept
     cdef Py_ssize_t lanes = softmax_lanes(type_tag)
     cdef Py_ssize_t max_nv = CYFED_MAX_NV_d if floating is double else CYFED_MAX_NV_f
     return <int>((k + lanes - 1) // lanes) if k <= max_nv * lanes else 0
+
+
+cdef inline Py_ssize_t network_lanes(const floating *type_tag) noexcept nogil:
+    """Coordinates per comparator-network tile (two 64-byte vectors of this type)."""
+    return 128 // sizeof(floating)
+
+
+cdef inline void add_rows4(double *out, const floating *x0, const floating *x1,
+                           const floating *x2, const floating *x3, const double *w,
+                           Py_ssize_t n) noexcept nogil:
+    if floating is double:
+        cyfed_add_rows4_d(out, x0, x1, x2, x3, w[0], w[1], w[2], w[3], n)
+    else:
+        cyfed_add_rows4_f(out, x0, x1, x2, x3, w[0], w[1], w[2], w[3], n)
+
+
+cdef inline void add_row(double *out, const floating *x, double w, Py_ssize_t n) noexcept nogil:
+    if floating is double:
+        cyfed_add_row_d(out, x, w, n)
+    else:
+        cyfed_add_row_f(out, x, w, n)
+
+
+cdef inline double sq_dist_to(const floating *x, const double *v, Py_ssize_t n) noexcept nogil:
+    if floating is double:
+        return cyfed_sq_dist_to_d(x, v, n)
+    else:
+        return cyfed_sq_dist_to_f(x, v, n)
+
+
+cdef inline double sq_dist(const floating *x, const floating *y, Py_ssize_t n) noexcept nogil:
+    if floating is double:
+        return cyfed_sq_dist_d(x, y, n)
+    else:
+        return cyfed_sq_dist_f(x, y, n)
+
+
+cdef inline void run_network(floating *tile, const int *net, Py_ssize_t n) noexcept nogil:
+    if floating is double:
+        cyfed_run_network_d(tile, net, n)
+    else:
+        cyfed_run_network_f(tile, net, n)
+
+
+cdef inline int load_tile(floating *tile, const floating *U, Py_ssize_t K, Py_ssize_t d,
+                          Py_ssize_t j0, Py_ssize_t n) noexcept nogil:
+    if floating is double:
+        return cyfed_load_tile_d(tile, U, K, d, j0, n)
+    else:
+        return cyfed_load_tile_f(tile, U, K, d, j0, n)
+
+
+cdef inline void mean_of_rows(const floating *tile, Py_ssize_t lo, Py_ssize_t hi,
+                              floating *out, Py_ssize_t n) noexcept nogil:
+    if floating is double:
+        cyfed_mean_of_rows_d(tile, lo, hi, out, n)
+    else:
+        cyfed_mean_of_rows_f(tile, lo, hi, out, n)

@@ -481,6 +481,149 @@ static void CYFED_FN(ger4_vec)(CYFED_T *G, const CYFED_T *const *x, int nr, cons
 }
 #endif
 
+/*
+ * Aggregation over client rows (the server side).  Sums run over rows in the
+ * order given, into float64 accumulators: out = (((out + w0 x0) + w1 x1) + ...),
+ * the same bits whether rows come one at a time or four at a time.
+ */
+static inline void CYFED_FN(add_rows4)(double *CYFED_RESTRICT out,
+                                       const CYFED_T *CYFED_RESTRICT x0,
+                                       const CYFED_T *CYFED_RESTRICT x1,
+                                       const CYFED_T *CYFED_RESTRICT x2,
+                                       const CYFED_T *CYFED_RESTRICT x3,
+                                       double w0, double w1, double w2, double w3, Py_ssize_t n)
+{
+    CYFED_PRAGMA(omp simd)
+    for (Py_ssize_t j = 0; j < n; ++j)
+        out[j] = (((out[j] + w0 * x0[j]) + w1 * x1[j]) + w2 * x2[j]) + w3 * x3[j];
+}
+
+static inline void CYFED_FN(add_row)(double *CYFED_RESTRICT out, const CYFED_T *CYFED_RESTRICT x,
+                                     double w, Py_ssize_t n)
+{
+    CYFED_PRAGMA(omp simd)
+    for (Py_ssize_t j = 0; j < n; ++j)
+        out[j] += w * x[j];
+}
+
+/* sum_j (x[j] - v[j])^2 in float64 (v is float64: the centre of Weiszfeld, clipping). */
+static inline double CYFED_FN(sq_dist_to)(const CYFED_T *CYFED_RESTRICT x,
+                                          const double *CYFED_RESTRICT v, Py_ssize_t n)
+{
+    double s = 0.0;
+    CYFED_PRAGMA(omp simd reduction(+:s))
+    for (Py_ssize_t j = 0; j < n; ++j) {
+        const double t = (double)x[j] - v[j];
+        s += t * t;
+    }
+    return s;
+}
+
+/* sum_j (x[j] - y[j])^2 in float64. */
+static inline double CYFED_FN(sq_dist)(const CYFED_T *CYFED_RESTRICT x,
+                                       const CYFED_T *CYFED_RESTRICT y, Py_ssize_t n)
+{
+    double s = 0.0;
+    CYFED_PRAGMA(omp simd reduction(+:s))
+    for (Py_ssize_t j = 0; j < n; ++j) {
+        const double t = (double)x[j] - (double)y[j];
+        s += t * t;
+    }
+    return s;
+}
+
+/*
+ * Comparator network on a tile of K rows x CYFED_NET_LANES coordinates (row r
+ * at tile + r * lanes): comparator c puts min into row net[2c] and max into row
+ * net[2c + 1], every lane independently, so one comparator is a vector compare
+ * and two blends across client rows (no per-coordinate branching).  The blends
+ * are spelt as bit selects on GCC/clang: a plain `x < y ? x : y` store is turned
+ * into a branchy masked store.
+ */
+#define CYFED_NET_LANES ((Py_ssize_t)(128 / sizeof(CYFED_T)))
+#if defined(__GNUC__) || defined(__clang__)
+typedef CYFED_T CYFED_FN(net_vec) __attribute__((vector_size(64), aligned(sizeof(CYFED_T))));
+typedef CYFED_CAT(CYFED_CAT(int, CYFED_S), bits) CYFED_FN(net_mask)
+    __attribute__((vector_size(64), aligned(sizeof(CYFED_T))));
+#endif
+static inline void CYFED_FN(run_network)(CYFED_T *CYFED_RESTRICT tile, const int *net,
+                                         Py_ssize_t n_comparators)
+{
+    const Py_ssize_t L = CYFED_NET_LANES;
+    for (Py_ssize_t c = 0; c < n_comparators; ++c) {
+        CYFED_T *CYFED_RESTRICT a = tile + net[2 * c] * L;
+        CYFED_T *CYFED_RESTRICT b = tile + net[2 * c + 1] * L;
+#if defined(__GNUC__) || defined(__clang__)
+        typedef CYFED_FN(net_vec) vec;
+        typedef CYFED_FN(net_mask) mask;
+        for (Py_ssize_t v = 0; v < (Py_ssize_t)(L * sizeof(CYFED_T) / 64); ++v) {
+            vec *pa = (vec *)(a + v * (64 / sizeof(CYFED_T)));
+            vec *pb = (vec *)(b + v * (64 / sizeof(CYFED_T)));
+            const vec x = *pa, y = *pb;
+            const mask lt = (mask)(x < y);
+            const mask xi = (mask)x, yi = (mask)y;
+            *pa = (vec)((xi & lt) | (yi & ~lt));
+            *pb = (vec)((yi & lt) | (xi & ~lt));
+        }
+#else
+        for (Py_ssize_t l = 0; l < L; ++l) {
+            const CYFED_T x = a[l], y = b[l];
+            a[l] = x < y ? x : y;
+            b[l] = x < y ? y : x;
+        }
+#endif
+    }
+}
+
+/* Copy K rows' [j0, j0 + n) (n <= lanes) into a tile; returns 1 if every value is finite. */
+static inline int CYFED_FN(load_tile)(CYFED_T *CYFED_RESTRICT tile, const CYFED_T *U,
+                                      Py_ssize_t K, Py_ssize_t d, Py_ssize_t j0, Py_ssize_t n)
+{
+    const Py_ssize_t L = CYFED_NET_LANES;
+    CYFED_T bad[128 / sizeof(CYFED_T)] = {0};     /* x - x: 0, or NaN for NaN/Inf */
+    for (Py_ssize_t r = 0; r < K; ++r) {
+        const CYFED_T *CYFED_RESTRICT x = U + r * d + j0;
+        CYFED_T *CYFED_RESTRICT t = tile + r * L;
+        if (n == L) {
+            CYFED_PRAGMA(omp simd)
+            for (Py_ssize_t l = 0; l < L; ++l) {
+                t[l] = x[l];
+                bad[l] += x[l] - x[l];
+            }
+        } else {
+            for (Py_ssize_t l = 0; l < L; ++l) {
+                t[l] = l < n ? x[l] : 0;
+                bad[l] += t[l] - t[l];
+            }
+        }
+    }
+    CYFED_T total = 0;
+    for (Py_ssize_t l = 0; l < L; ++l)
+        total += bad[l];
+    return total == 0;
+}
+
+/* out[l] = mean of tile rows lo..hi-1 (summed in float64, in row order), l < n. */
+static inline void CYFED_FN(mean_of_rows)(const CYFED_T *CYFED_RESTRICT tile, Py_ssize_t lo,
+                                          Py_ssize_t hi, CYFED_T *CYFED_RESTRICT out,
+                                          Py_ssize_t n)
+{
+    const Py_ssize_t L = CYFED_NET_LANES;
+    double acc[128 / sizeof(CYFED_T)];
+    CYFED_PRAGMA(omp simd)
+    for (Py_ssize_t l = 0; l < L; ++l)
+        acc[l] = 0.0;
+    for (Py_ssize_t r = lo; r < hi; ++r) {
+        CYFED_PRAGMA(omp simd)
+        for (Py_ssize_t l = 0; l < L; ++l)
+            acc[l] += (double)tile[r * L + l];
+    }
+    const double count = (double)(hi - lo);
+    for (Py_ssize_t l = 0; l < n; ++l)
+        out[l] = (CYFED_T)(acc[l] / count);
+}
+#undef CYFED_NET_LANES
+
 #undef CYFED_LINK_LANES
 #undef CYFED_FN
 #undef CYFED_CAT

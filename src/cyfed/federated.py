@@ -25,6 +25,7 @@ import numpy as np
 from cyfed import _validation as check
 from cyfed import gradients
 from cyfed._simd import load
+from cyfed.attacks import Attack
 from cyfed.comm import LocalComm
 from cyfed.data import shard_rows
 from cyfed.distributed import agree_on_data, local_labels_max, on_every_rank
@@ -53,6 +54,9 @@ class FederatedTrainer:
     seed : seeds sampling, dropouts, stragglers and every client's shuffles
     n_workers : threads training clients concurrently in each process
     comm : Communicator (default LocalComm: one process)
+    attack : cyfed.attacks.Attack or None -- simulated malicious clients: their
+        labels are poisoned at set-up and their messages perturbed on the server
+        before aggregation (robustness studies)
 
     Attributes after fit: coef_, intercept_, history_ (one dict per round).
     """
@@ -60,7 +64,8 @@ class FederatedTrainer:
     def __init__(self, strategy, loss="squared", *, rounds=10, clients_per_round=None,
                  fraction=None, min_clients=1, local_epochs=1, batch_size=10, lr=0.01,
                  l2=0.0, momentum=0.0, max_local_steps=None, fit_intercept=True,
-                 dropout=0.0, straggler_fraction=0.0, seed=0, n_workers=None, comm=None):
+                 dropout=0.0, straggler_fraction=0.0, seed=0, n_workers=None, comm=None,
+                 attack=None):
         self.strategy, self.loss, self.rounds = strategy, loss, rounds
         self.clients_per_round, self.fraction, self.min_clients = (clients_per_round, fraction,
                                                                    min_clients)
@@ -68,7 +73,7 @@ class FederatedTrainer:
         self.l2, self.momentum, self.max_local_steps = l2, momentum, max_local_steps
         self.fit_intercept, self.dropout = fit_intercept, dropout
         self.straggler_fraction, self.seed = straggler_fraction, seed
-        self.n_workers, self.comm = n_workers, comm
+        self.n_workers, self.comm, self.attack = n_workers, comm, attack
 
     # -- set-up -----------------------------------------------------------------
 
@@ -77,8 +82,11 @@ class FederatedTrainer:
         if not isinstance(self.strategy, Strategy):
             raise TypeError(f"strategy must be a cyfed.strategies.Strategy, got "
                             f"{type(self.strategy).__name__}")
+        if self.attack is not None and not isinstance(self.attack, Attack):
+            raise TypeError(f"attack must be a cyfed.attacks.Attack or None, got "
+                            f"{type(self.attack).__name__}")
         s = {"local_epochs": self.local_epochs, "batch_size": self.batch_size,
-             "max_local_steps": self.max_local_steps}
+             "max_local_steps": self.max_local_steps, "lr": self.lr}
         s.update(self.strategy.local_settings(self))
         if not isinstance(self.rounds, int) or self.rounds < 1:
             raise ValueError(f"rounds must be an int >= 1, got {self.rounds!r}")
@@ -87,8 +95,8 @@ class FederatedTrainer:
         if s["batch_size"] is not None and (not isinstance(s["batch_size"], int)
                                             or s["batch_size"] < 1):
             raise ValueError(f"batch_size must be an int >= 1 or None, got {s['batch_size']!r}")
-        if not (np.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
+        if not (np.isfinite(s["lr"]) and s["lr"] > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {s['lr']!r}")
         if self.fraction is not None and not 0 < self.fraction <= 1:
             raise ValueError(f"fraction (C) must be in (0, 1], got {self.fraction!r}")
         for name in ("dropout", "straggler_fraction"):
@@ -160,6 +168,14 @@ class FederatedTrainer:
             top = local_labels_max(problem)
         return problem, offsets, ids, top
 
+    def _poison_labels(self, problem, offsets, ids, k):
+        """The attack's label poisoning, in place, on this rank's malicious clients."""
+        if self.attack is None:
+            return
+        for pos in np.flatnonzero(self.attack.malicious(np.asarray(ids, dtype=np.int64))):
+            rows = slice(offsets[pos], offsets[pos + 1])
+            problem.y[rows] = self.attack.poison_labels(problem.y[rows], self.loss, k)
+
     # -- training ---------------------------------------------------------------
 
     def fit(self, clients, test=None):
@@ -176,8 +192,10 @@ class FederatedTrainer:
         settings, (hosted, n_clients) = on_every_rank(
             comm, lambda: (self._settings(), self._hosted(clients, comm)))
         m = on_every_rank(comm, lambda: self._sample_size(n_clients))
+        on_every_rank(comm, lambda: self.strategy.check_clients(m))
         problem, offsets, ids, top = on_every_rank(comm, lambda: self._prepare(hosted))
         problem, _, k = agree_on_data(comm, problem, top)
+        self._poison_labels(problem, offsets, ids, k)
         d = problem.d
         self._run = {
             "comm": comm, "n_clients": n_clients, "m": m, "problem": problem,
@@ -186,7 +204,7 @@ class FederatedTrainer:
             "d": d, "k": k, "client_state": {}, "start": time.perf_counter(),
             "threads": check.n_threads(self.n_workers, gradients._kernels.max_threads()),
             "epochs": settings["local_epochs"], "batch": settings["batch_size"],
-            "max_steps": settings["max_local_steps"] or 0,
+            "max_steps": settings["max_local_steps"] or 0, "lr": settings["lr"],
         }
         self.theta_ = np.zeros(d * k + k)
         self.history_ = []
@@ -214,8 +232,8 @@ class FederatedTrainer:
         mine = np.flatnonzero(reports & np.isin(sampled, r["hosted_ids"]))
         messages, info = self._train_local(r["problem"], r["offsets"], r["hosted_ids"], sampled,
                                            mine, local_epochs, payload, theta, r["k"],
-                                           r["batch"], r["max_steps"], r["threads"], rnd,
-                                           r["client_state"])
+                                           r["batch"], r["max_steps"], r["lr"], r["threads"],
+                                           rnd, r["client_state"])
         all_messages, _ = comm.gatherv(messages.ravel(), root=0)
         all_info, _ = comm.gatherv(info.ravel(), root=0)
         record = {"round": rnd, "clients": int(reports.sum())}
@@ -225,6 +243,11 @@ class FederatedTrainer:
             if np.any(np.diff(all_info[:, 0]) < 0):          # aggregate in client-id order
                 order = np.argsort(all_info[:, 0], kind="stable")
                 all_info, all_messages = all_info[order], all_messages[order]
+            if len(all_info) and self.attack is not None:
+                ids = all_info[:, 0].astype(np.int64)
+                record["malicious"] = int(self.attack.malicious(ids).sum())
+                all_messages = self.attack.perturb(theta, all_messages, ids,
+                                                   np.random.default_rng([self.seed, rnd, 1]))
             if len(all_info):
                 theta = self.strategy.aggregate(theta, all_messages, all_info[:, 1],
                                                 all_info[:, 0].astype(np.int64), n_clients)
@@ -241,7 +264,7 @@ class FederatedTrainer:
         return record
 
     def _train_local(self, problem, offsets, hosted_ids, sampled, mine, local_epochs, payload,
-                     theta, k, batch, max_steps, threads, rnd, client_state):
+                     theta, k, batch, max_steps, lr, threads, rnd, client_state):
         """Train this rank's reporting sampled clients in one compiled call:
         (messages (m, width), info (m, 4) = [id, n_samples, mean loss, steps])."""
         n_params = theta.size
@@ -261,9 +284,9 @@ class FederatedTrainer:
         _sgd.train_clients(int(problem.kind), problem.X, problem.y, offsets, which, cids,
                            np.ascontiguousarray(local_epochs[mine], dtype=np.intp),
                            theta.astype(dtype), corrections, out, losses, steps, k,
-                           self.fit_intercept, batch_size, max_steps, self.lr, self.l2,
+                           self.fit_intercept, batch_size, max_steps, lr, self.l2,
                            self.strategy.mu, self.momentum, self.seed, rnd, threads)
-        messages = self.strategy.client_messages(payload, out, steps, self.lr, cids,
+        messages = self.strategy.client_messages(payload, out, steps, lr, cids,
                                                  client_state)
         info = np.column_stack([cids, sizes, losses, steps]).astype(np.float64)
         return np.ascontiguousarray(messages, dtype=np.float64), info

@@ -5,9 +5,23 @@ Server side: `server_payload(theta)` is what the round broadcasts and
 `aggregate(...)` turns the clients' messages into the next theta.  Client side
 (on the rank that hosts the clients, for all of a round's clients at once):
 `client_corrections` (added to every local gradient) and `client_messages`
-(what the clients send back).  The arithmetic
-lives in `cyfed.aggregate`.
+(what the clients send back).  The arithmetic lives in `cyfed.aggregate`.
+
+Families:
+
+* model averaging: FedAvg, FedSGD, FedProx, Scaffold;
+* robust aggregation of the clients' models (Flower's FedMedian, FedTrimmedAvg,
+  Krum/MultiKrum, Bulyan, plus GeometricMedian (RFA) and CenteredClipping); each
+  takes `mu` to train its clients with FedProx's proximal term;
+* server optimizers (Reddi et al. 2021, arXiv:2003.00295; Flower's defaults):
+  FedAvgM, FedAdagrad, FedAdam, FedYogi, each a step on Delta = aggregate - theta
+  where the aggregate comes from any other strategy (`aggregator=`, default FedAvg),
+  e.g. FedAdam over FedTrimmedAvg, or over FedProx or Scaffold clients.
+
+Server state (SCAFFOLD's c, momentum, Adam moments, the step count) is read and
+restored with `state_dict()` / `load_state_dict()`.
 """
+import math
 import warnings
 
 import numpy as np
@@ -27,6 +41,9 @@ class Strategy:
         """Overrides of the trainer's local training for this strategy (dict)."""
         return {}
 
+    def check_clients(self, m):
+        """Raise ValueError if rounds of m clients cannot be aggregated (before round 0)."""
+
     def server_payload(self, theta):
         return theta
 
@@ -45,6 +62,13 @@ class Strategy:
     def aggregate(self, theta, messages, n_samples, client_ids, n_clients):
         raise NotImplementedError
 
+    def state_dict(self):
+        """The server state as {name: array or number} (copies), for checkpoints."""
+        return {}
+
+    def load_state_dict(self, state):
+        """Restore what state_dict() returned."""
+
     @staticmethod
     def _drop_non_finite(messages, n_samples, client_ids):
         ok = aggregate.finite_rows(messages)
@@ -54,6 +78,13 @@ class Strategy:
         warnings.warn(f"client update(s) from client id(s) {bad} are NaN/Inf and are left "
                       "out of this round's aggregate", RuntimeWarning, stacklevel=3)
         return messages[ok], n_samples[ok], np.asarray(client_ids)[ok]
+
+
+def _check_mu(mu):
+    if not (isinstance(mu, (int, float)) and not isinstance(mu, bool) and mu >= 0
+            and math.isfinite(mu)):
+        raise ValueError(f"mu must be a finite number >= 0, got {mu!r}")
+    return float(mu)
 
 
 class FedAvg(Strategy):
@@ -89,9 +120,7 @@ class FedProx(FedAvg):
     keeps_stragglers = True
 
     def __init__(self, mu=0.01):
-        if not mu >= 0:
-            raise ValueError(f"mu must be >= 0, got {mu!r}")
-        self.mu = float(mu)
+        self.mu = _check_mu(mu)
 
 
 class Scaffold(Strategy):
@@ -134,6 +163,12 @@ class Scaffold(Strategy):
             out[row, half:] = c_new - c_k
         return out
 
+    def state_dict(self):
+        return {} if self.c is None else {"c": self.c.copy()}
+
+    def load_state_dict(self, state):
+        self.c = np.array(state["c"], dtype=np.float64) if "c" in state else None
+
     def aggregate(self, theta, messages, n_samples, client_ids, n_clients):
         messages, n_samples, _ = self._drop_non_finite(messages, n_samples, client_ids)
         if len(messages) == 0:
@@ -144,3 +179,328 @@ class Scaffold(Strategy):
         dc = aggregate.weighted_mean(messages[:, half:], ones)
         self.c = self.c + dc * (len(messages) / n_clients)
         return theta + self.eta_g * dy
+
+
+# -- robust aggregation ---------------------------------------------------------------------
+
+class RobustStrategy(Strategy):
+    """Clients send their local models; the server combines them with a robust rule
+    (`rule(theta, models, n_samples)`), after leaving out non-finite models (named in a
+    warning).  A round left with fewer than `min_clients` models keeps theta, with
+    a warning.  mu > 0 trains the clients with FedProx's proximal term (and keeps
+    stragglers' partial work, as FedProx does)."""
+
+    def __init__(self, mu=0.0):
+        self.mu = _check_mu(mu)
+        self.keeps_stragglers = self.mu > 0
+
+    #: Fewest client models the rule accepts.
+    min_clients = 1
+    #: The bound min_clients expresses, for error messages.
+    bound = "1"
+
+    def check_clients(self, m):
+        if m < self.min_clients:
+            raise ValueError(f"{type(self).__name__} needs at least {self.min_clients} "
+                             f"clients per round ({self.bound}), got {m}")
+
+    def rule(self, theta, models, n_samples):
+        raise NotImplementedError
+
+    def aggregate(self, theta, messages, n_samples, client_ids, n_clients):
+        messages, n_samples, _ = self._drop_non_finite(messages, n_samples, client_ids)
+        if len(messages) < self.min_clients:
+            warnings.warn(f"{type(self).__name__}: {len(messages)} usable client model(s) "
+                          f"this round, fewer than the {self.min_clients} it needs "
+                          f"({self.bound}); the model is left unchanged", RuntimeWarning,
+                          stacklevel=2)
+            return theta
+        return self.rule(theta, messages, n_samples)
+
+
+class FedMedian(RobustStrategy):
+    """Coordinate-wise median of the client models (Yin et al. 2018; Flower's FedMedian)."""
+
+    def rule(self, theta, models, n_samples):
+        return aggregate.median(models)
+
+
+class FedTrimmedAvg(RobustStrategy):
+    """Coordinate-wise trimmed mean cutting int(beta K) from each tail (Yin et al. 2018;
+    Flower's FedTrimmedAvg, beta = 0.2)."""
+
+    def __init__(self, beta=0.2, mu=0.0):
+        super().__init__(mu)
+        aggregate.trimmed_mean(np.zeros((1, 1)), beta)     # validates beta
+        self.beta = float(beta)
+
+    def rule(self, theta, models, n_samples):
+        return aggregate.trimmed_mean(models, self.beta)
+
+
+def _num_malicious(f):
+    if isinstance(f, bool) or not isinstance(f, (int, np.integer)) or f < 0:
+        raise ValueError(f"num_malicious must be an int >= 0, got {f!r}")
+    return int(f)
+
+
+class Krum(RobustStrategy):
+    """Krum (Blanchard et al. 2017): the client model with the lowest score (sum of
+    squared distances to its K - f - 2 nearest others); num_to_keep > 1 is
+    Multi-Krum, the sample-weighted mean of the best num_to_keep.  K >= 2f + 3."""
+
+    def __init__(self, num_malicious=0, num_to_keep=1, mu=0.0):
+        super().__init__(mu)
+        self.num_malicious = _num_malicious(num_malicious)
+        if num_to_keep is not None and (isinstance(num_to_keep, bool)
+                                        or not isinstance(num_to_keep, int) or num_to_keep < 1):
+            raise ValueError(f"num_to_keep must be an int >= 1, got {num_to_keep!r}")
+        self.num_to_keep = num_to_keep
+        self.min_clients = max(2 * self.num_malicious + 3, num_to_keep or 1)
+        self.bound = f"2*num_malicious + 3 = {2 * self.num_malicious + 3}" + (
+            f", and num_to_keep = {num_to_keep}" if (num_to_keep or 1) > 1 else "")
+
+    def rule(self, theta, models, n_samples):
+        keep = self.num_to_keep or len(models) - self.num_malicious
+        return aggregate.krum(models, self.num_malicious, keep, n_samples)
+
+
+class MultiKrum(Krum):
+    """Multi-Krum: Krum keeping the num_to_keep best models, averaged by sample count;
+    num_to_keep=None keeps K - f (El Mhamdi et al. 2018's usual choice)."""
+
+    def __init__(self, num_malicious=0, num_to_keep=None, mu=0.0):
+        super().__init__(num_malicious, num_to_keep, mu)
+
+
+class Bulyan(RobustStrategy):
+    """Bulyan over Krum (El Mhamdi et al. 2018; Flower's Bulyan): K - 2f models picked
+    by repeated Krum, then per coordinate the mean of the K - 4f values nearest the
+    median.  K >= 4f + 3."""
+
+    def __init__(self, num_malicious=0, mu=0.0):
+        super().__init__(mu)
+        self.num_malicious = _num_malicious(num_malicious)
+        self.min_clients = 4 * self.num_malicious + 3
+        self.bound = f"4*num_malicious + 3 = {self.min_clients}"
+
+    def rule(self, theta, models, n_samples):
+        return aggregate.bulyan(models, self.num_malicious)
+
+
+class GeometricMedian(RobustStrategy):
+    """Robust federated aggregation, RFA (Pillutla et al. 2022): the sample-weighted
+    geometric median of the client models by smoothed Weiszfeld iterations."""
+
+    def __init__(self, eps=1e-6, maxiter=100, tol=1e-7, mu=0.0):
+        super().__init__(mu)
+        aggregate.geometric_median(np.zeros((1, 1)), None, eps, maxiter, tol)   # validates
+        self.eps, self.maxiter, self.tol = eps, maxiter, tol
+
+    def rule(self, theta, models, n_samples):
+        return aggregate.geometric_median(models, n_samples, self.eps, self.maxiter, self.tol)
+
+
+class CenteredClipping(RobustStrategy):
+    """Centered clipping (Karimireddy, He & Jaggi 2021) of the client updates
+    Delta_k = theta_k - theta, centred on the previous round's aggregate update
+    (the paper's momentum centre; 0 at first): theta <- theta + v."""
+
+    def __init__(self, tau=1.0, iterations=1, mu=0.0):
+        super().__init__(mu)
+        aggregate.centered_clipping(np.zeros((1, 1)), tau, None, iterations)     # validates
+        self.tau, self.iterations = tau, iterations
+        self.center = None
+
+    def rule(self, theta, models, n_samples):
+        v = aggregate.centered_clipping(models - theta, self.tau, self.center, self.iterations)
+        self.center = np.asarray(v, dtype=np.float64)
+        return theta + v
+
+    def state_dict(self):
+        return {} if self.center is None else {"center": self.center.copy()}
+
+    def load_state_dict(self, state):
+        self.center = np.array(state["center"]) if "center" in state else None
+
+
+# -- server optimizers ------------------------------------------------------------------------
+
+class ServerOptimizer(Strategy):
+    """A server step on Delta = aggregate - theta, the aggregate coming from another
+    strategy (`aggregator`, default FedAvg), whose client side (FedProx's mu,
+    Scaffold's corrections, stragglers) is used unchanged.  eta_l, when given,
+    is the clients' learning rate (else the trainer's lr)."""
+
+    def __init__(self, aggregator=None, eta_l=None):
+        if aggregator is None:
+            aggregator = FedAvg()
+        if not isinstance(aggregator, Strategy) or isinstance(aggregator, ServerOptimizer):
+            raise TypeError("aggregator must be a cyfed.strategies.Strategy other than a "
+                            f"server optimizer, got {type(aggregator).__name__}")
+        if eta_l is not None and not (isinstance(eta_l, (int, float)) and eta_l > 0
+                                      and math.isfinite(eta_l)):
+            raise ValueError(f"eta_l must be a finite number > 0 or None, got {eta_l!r}")
+        self.aggregator, self.eta_l = aggregator, eta_l
+        self.t = 0                    # server steps taken
+
+    mu = property(lambda self: self.aggregator.mu)
+    keeps_stragglers = property(lambda self: self.aggregator.keeps_stragglers)
+
+    def local_settings(self, trainer):
+        s = dict(self.aggregator.local_settings(trainer))
+        if self.eta_l is not None:
+            s["lr"] = float(self.eta_l)
+        return s
+
+    def check_clients(self, m):
+        self.aggregator.check_clients(m)
+
+    def server_payload(self, theta):
+        return self.aggregator.server_payload(theta)
+
+    def message_width(self, n_params):
+        return self.aggregator.message_width(n_params)
+
+    def client_corrections(self, payload, client_ids, client_state):
+        return self.aggregator.client_corrections(payload, client_ids, client_state)
+
+    def client_messages(self, payload, local_thetas, steps, lr, client_ids, client_state):
+        return self.aggregator.client_messages(payload, local_thetas, steps, lr, client_ids,
+                                               client_state)
+
+    def aggregate(self, theta, messages, n_samples, client_ids, n_clients):
+        target = self.aggregator.aggregate(theta, messages, n_samples, client_ids, n_clients)
+        if target is theta:                   # nothing usable this round
+            return theta
+        self.t += 1
+        return theta + self.step(np.asarray(target, dtype=np.float64) - theta)
+
+    def step(self, delta):
+        """The change of theta for the aggregate update delta (updates the state)."""
+        raise NotImplementedError
+
+    _state_names = ()
+
+    def state_dict(self):
+        state = {"t": self.t, "aggregator": self.aggregator.state_dict()}
+        for name in self._state_names:
+            value = getattr(self, name)
+            if value is not None:
+                state[name] = value.copy()
+        return state
+
+    def load_state_dict(self, state):
+        self.t = int(state["t"])
+        self.aggregator.load_state_dict(state["aggregator"])
+        for name in self._state_names:
+            setattr(self, name, np.array(state[name]) if name in state else None)
+
+
+def _rate(value, name, low=0.0, high=math.inf, closed_high=False):
+    ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+          and math.isfinite(value) and low <= value
+          and (value <= high if closed_high else value < high))
+    if not ok:
+        raise ValueError(f"{name} must be in [{low}, {high}{']' if closed_high else ')'}, "
+                         f"got {value!r}")
+    return float(value)
+
+
+class FedAvgM(ServerOptimizer):
+    """FedAvg with server momentum (Hsu et al. 2019; Flower's FedAvgM): g = theta -
+    aggregate, v = momentum v + g (v = g at the first step), theta <- theta - lr v."""
+
+    _state_names = ("v",)
+
+    def __init__(self, server_learning_rate=1.0, server_momentum=0.0, aggregator=None,
+                 eta_l=None):
+        super().__init__(aggregator, eta_l)
+        self.server_learning_rate = _rate(server_learning_rate, "server_learning_rate", 0.0)
+        if self.server_learning_rate == 0:
+            raise ValueError("server_learning_rate must be > 0")
+        self.server_momentum = _rate(server_momentum, "server_momentum", 0.0, 1.0)
+        self.v = None
+
+    def step(self, delta):
+        g = -delta
+        if self.server_momentum > 0:
+            self.v = g if self.v is None else self.server_momentum * self.v + g
+            g = self.v
+        return -self.server_learning_rate * g
+
+
+class FedOpt(ServerOptimizer):
+    """Adaptive server optimizers (Reddi et al. 2021):
+
+        m <- beta_1 m + (1 - beta_1) Delta,   v <- (the method's rule),
+        theta <- theta + eta m / (sqrt(v) + tau)
+
+    with m and v starting at 0."""
+
+    _state_names = ("m", "v")
+
+    def __init__(self, eta, eta_l, beta_1, beta_2, tau, aggregator):
+        super().__init__(aggregator, eta_l)
+        self.eta = _rate(eta, "eta", 0.0)
+        if self.eta == 0:
+            raise ValueError("eta must be > 0")
+        self.beta_1 = _rate(beta_1, "beta_1", 0.0, 1.0)
+        self.beta_2 = _rate(beta_2, "beta_2", 0.0, 1.0)
+        self.tau = _rate(tau, "tau", 0.0)
+        self.m = self.v = None
+
+    def second_moment(self, v, delta_sq):
+        raise NotImplementedError
+
+    def learning_rate(self):
+        return self.eta
+
+    def step(self, delta):
+        if self.m is None:
+            self.m, self.v = np.zeros_like(delta), np.zeros_like(delta)
+        self.m = self.beta_1 * self.m + (1 - self.beta_1) * delta
+        self.v = self.second_moment(self.v, delta * delta)
+        return self.learning_rate() * self.m / (np.sqrt(self.v) + self.tau)
+
+
+class FedAdagrad(FedOpt):
+    """FedAdagrad: v <- v + Delta^2 (Flower: eta 0.1, beta_1 0, tau 1e-9)."""
+
+    def __init__(self, eta=0.1, eta_l=None, beta_1=0.0, tau=1e-9, aggregator=None):
+        super().__init__(eta, eta_l, beta_1, 0.0, tau, aggregator)
+
+    def second_moment(self, v, delta_sq):
+        return v + delta_sq
+
+
+class FedAdam(FedOpt):
+    """FedAdam: v <- beta_2 v + (1 - beta_2) Delta^2 (Flower: eta 0.1, beta_1 0.9,
+    beta_2 0.99, tau 1e-9).  bias_correction (Flower's, on by default) scales eta by
+    sqrt(1 - beta_2^(t+1)) / (1 - beta_1^(t+1)) at server step t = 1, 2, ..."""
+
+    def __init__(self, eta=0.1, eta_l=None, beta_1=0.9, beta_2=0.99, tau=1e-9,
+                 bias_correction=True, aggregator=None):
+        super().__init__(eta, eta_l, beta_1, beta_2, tau, aggregator)
+        self.bias_correction = bool(bias_correction)
+
+    def second_moment(self, v, delta_sq):
+        return self.beta_2 * v + (1 - self.beta_2) * delta_sq
+
+    def learning_rate(self):
+        if not self.bias_correction:
+            return self.eta
+        t = self.t
+        return self.eta * math.sqrt(1 - self.beta_2 ** (t + 1)) / (1 - self.beta_1 ** (t + 1))
+
+
+class FedYogi(FedOpt):
+    """FedYogi: v <- v - (1 - beta_2) Delta^2 sign(v - Delta^2) (Flower: eta 0.01,
+    beta_1 0.9, beta_2 0.99, tau 1e-3; Flower's eta_l 0.0316 applies when given)."""
+
+    def __init__(self, eta=0.01, eta_l=None, beta_1=0.9, beta_2=0.99, tau=1e-3,
+                 aggregator=None):
+        super().__init__(eta, eta_l, beta_1, beta_2, tau, aggregator)
+
+    def second_moment(self, v, delta_sq):
+        return v - (1 - self.beta_2) * delta_sq * np.sign(v - delta_sq)
