@@ -107,7 +107,11 @@ def network_mean(const floating[:, ::1] updates, const int[:, ::1] network, Py_s
     cdef Py_ssize_t n_comp = network.shape[0], tile, j0, n, t
     cdef int nt = max(1, min(n_threads, n_tiles))
     dtype = np.float32 if floating is float else np.float64
-    cdef floating[:, ::1] buf = np.empty((nt, K * L), dtype=dtype)
+    # tiles start on 64-byte boundaries: split vector loads stall store forwarding
+    cdef Py_ssize_t stride = K * L + L
+    raw = np.empty(nt * stride + L, dtype=dtype)
+    cdef floating[:, ::1] buf = raw[(-raw.ctypes.data % 64) // raw.itemsize:][:nt * stride] \
+        .reshape(nt, stride)
     cdef int[::1] finite = np.ones(nt, dtype=np.intc)
     cdef const int *net = &network[0, 0] if n_comp > 0 else NULL
     cdef const floating *U = &updates[0, 0]

@@ -23,6 +23,9 @@
 #include <stdint.h>
 #include <string.h>
 #include <Python.h>
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -62,9 +65,6 @@ static inline int cyfed_have_openmp(void) { return 0; }
 #define CYFED_RESTRICT
 #define CYFED_INLINE inline
 #endif
-
-typedef int64_t int_d_bits;   /* the integer of a double's / a float's width */
-typedef int32_t int_f_bits;
 
 static inline double cyfed_bits_to_double(int64_t b) { double x; memcpy(&x, &b, 8); return x; }
 static inline int64_t cyfed_double_to_bits(double x) { int64_t b; memcpy(&b, &x, 8); return b; }

@@ -535,36 +535,41 @@ static inline double CYFED_FN(sq_dist)(const CYFED_T *CYFED_RESTRICT x,
 /*
  * Comparator network on a tile of K rows x CYFED_NET_LANES coordinates (row r
  * at tile + r * lanes): comparator c puts min into row net[2c] and max into row
- * net[2c + 1], every lane independently, so one comparator is a vector compare
- * and two blends across client rows (no per-coordinate branching).  The blends
- * are spelt as bit selects on GCC/clang: a plain `x < y ? x : y` store is turned
- * into a branchy masked store.
+ * net[2c + 1], every lane independently, so one comparator is a vector min and a
+ * vector max across client rows (no per-coordinate branching).  The x86 min/max
+ * instructions are spelt out: GCC turns `x < y ? x : y` stored back in place into
+ * a branchy masked store.  (NaN never reaches here: tiles are checked first.)
  */
 #define CYFED_NET_LANES ((Py_ssize_t)(128 / sizeof(CYFED_T)))
-#if defined(__GNUC__) || defined(__clang__)
-typedef CYFED_T CYFED_FN(net_vec) __attribute__((vector_size(64), aligned(sizeof(CYFED_T))));
-typedef CYFED_CAT(CYFED_CAT(int, CYFED_S), bits) CYFED_FN(net_mask)
-    __attribute__((vector_size(64), aligned(sizeof(CYFED_T))));
+#if defined(__AVX512F__)
+#define CYFED_NET_STEP 64
+#define CYFED_NET_MINMAX_d(pa, pb) { __m512d x = _mm512_loadu_pd(pa), y = _mm512_loadu_pd(pb); \
+    _mm512_storeu_pd(pa, _mm512_min_pd(x, y)); _mm512_storeu_pd(pb, _mm512_max_pd(x, y)); }
+#define CYFED_NET_MINMAX_f(pa, pb) { __m512 x = _mm512_loadu_ps(pa), y = _mm512_loadu_ps(pb); \
+    _mm512_storeu_ps(pa, _mm512_min_ps(x, y)); _mm512_storeu_ps(pb, _mm512_max_ps(x, y)); }
+#elif defined(__AVX__)
+#define CYFED_NET_STEP 32
+#define CYFED_NET_MINMAX_d(pa, pb) { __m256d x = _mm256_loadu_pd(pa), y = _mm256_loadu_pd(pb); \
+    _mm256_storeu_pd(pa, _mm256_min_pd(x, y)); _mm256_storeu_pd(pb, _mm256_max_pd(x, y)); }
+#define CYFED_NET_MINMAX_f(pa, pb) { __m256 x = _mm256_loadu_ps(pa), y = _mm256_loadu_ps(pb); \
+    _mm256_storeu_ps(pa, _mm256_min_ps(x, y)); _mm256_storeu_ps(pb, _mm256_max_ps(x, y)); }
+#elif defined(__SSE2__)
+#define CYFED_NET_STEP 16
+#define CYFED_NET_MINMAX_d(pa, pb) { __m128d x = _mm_loadu_pd(pa), y = _mm_loadu_pd(pb); \
+    _mm_storeu_pd(pa, _mm_min_pd(x, y)); _mm_storeu_pd(pb, _mm_max_pd(x, y)); }
+#define CYFED_NET_MINMAX_f(pa, pb) { __m128 x = _mm_loadu_ps(pa), y = _mm_loadu_ps(pb); \
+    _mm_storeu_ps(pa, _mm_min_ps(x, y)); _mm_storeu_ps(pb, _mm_max_ps(x, y)); }
 #endif
 static inline void CYFED_FN(run_network)(CYFED_T *CYFED_RESTRICT tile, const int *net,
                                          Py_ssize_t n_comparators)
 {
     const Py_ssize_t L = CYFED_NET_LANES;
     for (Py_ssize_t c = 0; c < n_comparators; ++c) {
-        CYFED_T *CYFED_RESTRICT a = tile + net[2 * c] * L;
-        CYFED_T *CYFED_RESTRICT b = tile + net[2 * c + 1] * L;
-#if defined(__GNUC__) || defined(__clang__)
-        typedef CYFED_FN(net_vec) vec;
-        typedef CYFED_FN(net_mask) mask;
-        for (Py_ssize_t v = 0; v < (Py_ssize_t)(L * sizeof(CYFED_T) / 64); ++v) {
-            vec *pa = (vec *)(a + v * (64 / sizeof(CYFED_T)));
-            vec *pb = (vec *)(b + v * (64 / sizeof(CYFED_T)));
-            const vec x = *pa, y = *pb;
-            const mask lt = (mask)(x < y);
-            const mask xi = (mask)x, yi = (mask)y;
-            *pa = (vec)((xi & lt) | (yi & ~lt));
-            *pb = (vec)((yi & lt) | (xi & ~lt));
-        }
+        CYFED_T *a = tile + net[2 * c] * L;
+        CYFED_T *b = tile + net[2 * c + 1] * L;
+#ifdef CYFED_NET_STEP
+        for (Py_ssize_t l = 0; l < L; l += CYFED_NET_STEP / (Py_ssize_t)sizeof(CYFED_T))
+            CYFED_CAT(CYFED_NET_MINMAX, CYFED_S)(a + l, b + l)
 #else
         for (Py_ssize_t l = 0; l < L; ++l) {
             const CYFED_T x = a[l], y = b[l];
@@ -623,6 +628,11 @@ static inline void CYFED_FN(mean_of_rows)(const CYFED_T *CYFED_RESTRICT tile, Py
         out[l] = (CYFED_T)(acc[l] / count);
 }
 #undef CYFED_NET_LANES
+#ifdef CYFED_NET_STEP
+#undef CYFED_NET_STEP
+#undef CYFED_NET_MINMAX_d
+#undef CYFED_NET_MINMAX_f
+#endif
 
 #undef CYFED_LINK_LANES
 #undef CYFED_FN
