@@ -257,3 +257,19 @@ def test_attacked_rounds_are_deterministic_and_counted(synthetic):
 def test_trainer_rejects_a_non_attack(synthetic):
     with pytest.raises(TypeError, match="attack"):
         FederatedTrainer(FedAvg(), "softmax", attack="sign flip").fit(synthetic[0])
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("make", [
+    lambda: FedAdam(eta=0.01, aggregator=FedTrimmedAvg(0.2)), lambda: Bulyan(1),
+    lambda: CenteredClipping(0.5), lambda: FedYogi(aggregator=Scaffold()),
+], ids=["adam-trimmed", "bulyan", "cclip", "yogi-scaffold"])
+def test_bit_identical_for_any_ranks_under_attack(make):
+    from cyfed.comm import LocalComm, get_comm
+    devices = make_fedprox_synthetic(1.0, 1.0, n_devices=12, seed=5)
+    for attack in (attacks.LabelFlip([0, 7]), attacks.ALittleIsEnough([3, 8])):
+        params = dict(rounds=4, clients_per_round=8, local_epochs=1, batch_size=10, lr=0.01,
+                      seed=2, attack=attack)
+        alone = FederatedTrainer(make(), "softmax", comm=LocalComm(), **params).fit(devices)
+        spread = FederatedTrainer(make(), "softmax", comm=get_comm(), **params).fit(devices)
+        np.testing.assert_array_equal(spread.theta_, alone.theta_)
