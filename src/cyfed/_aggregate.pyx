@@ -29,7 +29,8 @@ def weighted_sum(const floating[:, ::1] updates, const double[::1] weights, doub
     cdef const floating *U = &updates[0, 0]
     cdef const double *w = &weights[0]
     cdef double *o = &out[0]
-    for blk in prange(n_blocks(d), nogil=True, num_threads=n_threads, schedule="static"):
+    cdef int nt = max(1, min(n_threads, n_blocks(d)))
+    for blk in prange(n_blocks(d), nogil=True, num_threads=nt, schedule="static"):
         j0 = blk * BLOCK
         n = min(BLOCK, d - j0)
         for i in range(n):
@@ -50,7 +51,8 @@ def sq_dists_to(const floating[:, ::1] updates, const double[::1] center, double
     cdef Py_ssize_t K = updates.shape[0], d = updates.shape[1], nb = n_blocks(d), blk, i, j0
     cdef double[:, ::1] partial = np.empty((nb, K))
     cdef const floating *U = &updates[0, 0]
-    for blk in prange(nb, nogil=True, num_threads=n_threads, schedule="static"):
+    cdef int nt = max(1, min(n_threads, nb))
+    for blk in prange(nb, nogil=True, num_threads=nt, schedule="static"):
         j0 = blk * BLOCK
         for i in range(K):
             partial[blk, i] = sq_dist_to(U + i * d + j0, &center[j0], min(BLOCK, d - j0))
@@ -64,7 +66,8 @@ def pair_sq_dists(const floating[:, ::1] updates, double[:, ::1] out, int n_thre
     cdef double[:, ::1] partial = np.empty((nb, max(n_pairs, 1)))
     cdef double[::1] flat = np.empty(max(n_pairs, 1))
     cdef const floating *U = &updates[0, 0]
-    for blk in prange(nb, nogil=True, num_threads=n_threads, schedule="static"):
+    cdef int nt = max(1, min(n_threads, nb))
+    for blk in prange(nb, nogil=True, num_threads=nt, schedule="static"):
         j0 = blk * BLOCK
         n = min(BLOCK, d - j0)
         p = 0

@@ -8,11 +8,12 @@ MAX_THREADS = 1 << 16
 
 
 def real_array(a, name):
-    """`a` as an ndarray: float32/float64 kept, integer/bool -> float64, else TypeError."""
+    """`a` as an ndarray: float32/float64 kept, other real numbers (integer, bool,
+    float16, long double) -> float64, else TypeError."""
     arr = np.asarray(a)
     if arr.dtype in FLOAT_DTYPES:
         return arr
-    if arr.dtype.kind in "biu":
+    if arr.dtype.kind in "biuf":
         return arr.astype(np.float64)
     raise TypeError(f"{name} must be a float32, float64, integer or bool array, "
                     f"got dtype {arr.dtype}")

@@ -25,8 +25,10 @@ from cyfed._simd import load
 _kernels, _ = load("_aggregate")
 _max_threads = load("_losses")[0].max_threads
 
-#: Above this many clients Krum's pairwise distances use the Gram matrix (BLAS).
+#: Above this many clients Krum's pairwise distances use Gram matrices (BLAS) ...
 EXACT_DISTANCES_MAX_K = 32
+#: ... over blocks of this many coordinates.
+GRAM_BLOCK = 8192
 
 
 # -- validation ---------------------------------------------------------------------------
@@ -166,17 +168,24 @@ def trimmed_mean(updates, beta, n_threads=None):
 # -- distance-based rules -----------------------------------------------------------------
 
 def _pair_sq_dists(U, n_threads):
-    """(K, K) squared Euclidean distances: exact differences up to EXACT_DISTANCES_MAX_K
-    rows, else the Gram identity ||x||^2 + ||y||^2 - 2 x.y on BLAS (clipped at 0)."""
-    K = U.shape[0]
+    """(K, K) squared Euclidean distances.  Up to EXACT_DISTANCES_MAX_K rows: exact
+    differences (compiled).  Above: Gram matrices on BLAS, block by block of
+    coordinates, of the rows' differences to row 0 (distances do not change, and
+    the Gram identity ||a||^2 + ||b||^2 - 2 a.b then cancels at the scale of the
+    spread between updates instead of their distance from the origin), in float64."""
+    K, d = U.shape
     if K <= EXACT_DISTANCES_MAX_K:
         D = np.empty((K, K))
         _kernels.pair_sq_dists(U, D, n_threads)
-    else:
-        G = U @ U.T
-        sq = np.diag(G).astype(np.float64)
-        D = np.maximum(sq[:, None] + sq[None, :] - 2 * G.astype(np.float64), 0.0)
-        np.fill_diagonal(D, 0.0)
+        return _finite_or_raise(D, U)
+    G = np.zeros((K, K))
+    for j in range(0, d, GRAM_BLOCK):
+        C = U[:, j:j + GRAM_BLOCK].astype(np.float64)
+        C -= C[0]
+        G += C @ C.T
+    sq = np.diag(G)
+    D = np.maximum(sq[:, None] + sq[None, :] - 2 * G, 0.0)
+    np.fill_diagonal(D, 0.0)
     return _finite_or_raise(D, U)
 
 
@@ -204,7 +213,7 @@ def krum_scores(updates, num_malicious, n_threads=None):
     from u_i to its max(1, K - f - 2) nearest other updates.  Needs K >= 2f + 3.
 
     Distances are exact differences for K <= EXACT_DISTANCES_MAX_K; above, they come
-    from the Gram matrix (one BLAS product, as a numpy implementation would)."""
+    from Gram matrices on BLAS of the differences to the first update."""
     U = _updates(updates)
     f = _check_byzantine(U.shape[0], num_malicious, 2, "Krum")
     return _scores(_pair_sq_dists(U, _threads(n_threads)), f)
@@ -317,13 +326,32 @@ def centered_clipping(updates, tau, center=None, iterations=1, n_threads=None):
     return v.astype(U.dtype, copy=False)
 
 
+def row_norms(updates, n_threads=None):
+    """||u_i|| for every row, in float64 (rows whose squared norm under- or overflows
+    are measured again with scaling)."""
+    U = _updates(updates)
+    out = np.empty(U.shape[0])
+    _kernels.sq_dists_to(U, np.zeros(U.shape[1]), out, _threads(n_threads))
+    norms = np.sqrt(out)
+    redo = (out == 0) | ~np.isfinite(out)
+    for i in np.flatnonzero(redo):
+        row = U[i].astype(np.float64)
+        if not np.all(np.isfinite(row)):
+            _raise_non_finite(U)
+        top = np.max(np.abs(row))
+        norms[i] = top * np.sqrt(np.sum((row / top) ** 2)) if top > 0 else 0.0
+    return norms
+
+
 def clip_by_norm(updates, max_norm, n_threads=None):
     """Each row scaled by min(1, max_norm / ||row||): a (K, d) copy."""
     U = _updates(updates)
     max_norm = _positive(max_norm, "max_norm")
-    norms = np.sqrt(_sq_dists_to(U, np.zeros(U.shape[1]), _threads(n_threads)))
-    scale = np.minimum(1.0, max_norm / np.where(norms > 0, norms, np.inf))
-    return (U * scale[:, None].astype(U.dtype)).astype(U.dtype, copy=False)
+    norms = row_norms(U, n_threads)
+    scale = np.ones_like(norms)
+    big = norms > max_norm
+    scale[big] = max_norm / norms[big]
+    return U * scale[:, None].astype(U.dtype)
 
 
 def finite_rows(updates):
