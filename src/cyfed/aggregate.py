@@ -168,23 +168,30 @@ def trimmed_mean(updates, beta, n_threads=None):
 # -- distance-based rules -----------------------------------------------------------------
 
 def _pair_sq_dists(U, n_threads):
-    """(K, K) squared Euclidean distances.  Up to EXACT_DISTANCES_MAX_K rows: exact
-    differences (compiled).  Above: Gram matrices on BLAS, block by block of
-    coordinates, of the rows' differences to row 0 (distances do not change, and
-    the Gram identity ||a||^2 + ||b||^2 - 2 a.b then cancels at the scale of the
-    spread between updates instead of their distance from the origin), in float64."""
+    """(K, K) squared Euclidean distances.
+
+    Up to EXACT_DISTANCES_MAX_K rows: exact differences (compiled).  Above: the Gram
+    identity ||a||^2 + ||b||^2 - 2 a.b on one BLAS product U U^T, kept only when its
+    rounding error, about sqrt(d) eps (||a||^2 + ||b||^2), is below 1e-12 of every
+    distance (well-separated float64 updates); otherwise (updates close together relative to their norms, where the
+    identity cancels) Gram blocks of the rows' differences to row 0, in float64."""
     K, d = U.shape
     if K <= EXACT_DISTANCES_MAX_K:
         D = np.empty((K, K))
         _kernels.pair_sq_dists(U, D, n_threads)
         return _finite_or_raise(D, U)
-    G = np.zeros((K, K))
-    for j in range(0, d, GRAM_BLOCK):
-        C = U[:, j:j + GRAM_BLOCK].astype(np.float64)
-        C -= C[0]
-        G += C @ C.T
+    G = (U @ U.T).astype(np.float64)
     sq = np.diag(G)
-    D = np.maximum(sq[:, None] + sq[None, :] - 2 * G, 0.0)
+    D = sq[:, None] + sq[None, :] - 2 * G
+    error = np.sqrt(d) * np.finfo(U.dtype).eps * (sq[:, None] + sq[None, :])
+    np.fill_diagonal(D, np.inf)
+    if not np.all(D >= 1e12 * error):
+        G = np.zeros((K, K))
+        for j in range(0, d, GRAM_BLOCK):
+            C = np.subtract(U[:, j:j + GRAM_BLOCK], U[0, j:j + GRAM_BLOCK], dtype=np.float64)
+            G += C @ C.T
+        sq = np.diag(G)
+        D = np.maximum(sq[:, None] + sq[None, :] - 2 * G, 0.0)
     np.fill_diagonal(D, 0.0)
     return _finite_or_raise(D, U)
 
@@ -213,7 +220,8 @@ def krum_scores(updates, num_malicious, n_threads=None):
     from u_i to its max(1, K - f - 2) nearest other updates.  Needs K >= 2f + 3.
 
     Distances are exact differences for K <= EXACT_DISTANCES_MAX_K; above, they come
-    from Gram matrices on BLAS of the differences to the first update."""
+    from a Gram matrix on BLAS (of the updates, or, where that would cancel, of
+    their differences to the first update)."""
     U = _updates(updates)
     f = _check_byzantine(U.shape[0], num_malicious, 2, "Krum")
     return _scores(_pair_sq_dists(U, _threads(n_threads)), f)
