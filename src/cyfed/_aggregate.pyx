@@ -9,8 +9,9 @@ min/max would hide them, returns whether every value it read was finite.
 from cython cimport floating
 from cython.parallel cimport prange
 
-from cyfed._vector_math cimport (add_row, add_rows4, all_finite, cyfed_thread_id, load_tile,
-                                 mean_of_rows, network_lanes, run_network, sq_dist, sq_dist_to)
+from cyfed._vector_math cimport (add_row, add_rows4, all_finite, cyfed_divide_all_finite, cyfed_thread_id, load_tile,
+                                 mean_of_rows, network_lanes, run_network, sort_groups, sq_dist,
+                                 sq_dist_to)
 
 import numpy as np
 
@@ -22,14 +23,16 @@ cdef inline Py_ssize_t n_blocks(Py_ssize_t d) noexcept nogil:
     return (d + BLOCK - 1) // BLOCK
 
 
-def weighted_sum(const floating[:, ::1] updates, const double[::1] weights, double[::1] out,
-                 int n_threads):
-    """out = sum_i weights[i] * updates[i, :], rows added in order, float64."""
+def weighted_sum(const floating[:, ::1] updates, const double[::1] weights, double divisor,
+                 double[::1] out, int n_threads):
+    """out = (sum_i weights[i] * updates[i, :]) / divisor, rows added in order, float64.
+    Returns 1 if every output is finite (checked per block while it is in cache)."""
     cdef Py_ssize_t K = updates.shape[0], d = updates.shape[1], blk, i, j0, n
     cdef const floating *U = &updates[0, 0]
     cdef const double *w = &weights[0]
     cdef double *o = &out[0]
     cdef int nt = max(1, min(n_threads, n_blocks(d)))
+    cdef int[::1] finite = np.ones(n_blocks(d), dtype=np.intc)
     for blk in prange(n_blocks(d), nogil=True, num_threads=nt, schedule="static"):
         j0 = blk * BLOCK
         n = min(BLOCK, d - j0)
@@ -43,6 +46,8 @@ def weighted_sum(const floating[:, ::1] updates, const double[::1] weights, doub
         while i < K:
             add_row(o + j0, U + i * d + j0, w[i], n)
             i = i + 1
+        finite[blk] = cyfed_divide_all_finite(o + j0, divisor, n)
+    return int(min(finite))
 
 
 def sq_dists_to(const floating[:, ::1] updates, const double[::1] center, double[::1] out,
@@ -98,9 +103,11 @@ cdef void _sum_blocks(double[:, ::1] partial, double[::1] out) noexcept:
             out[c] += partial[blk, c]
 
 
-def network_mean(const floating[:, ::1] updates, const int[:, ::1] network, Py_ssize_t lo,
-                 Py_ssize_t hi, floating[::1] out, int n_threads):
-    """Per coordinate: run the comparator network over the K values, then out[j] =
+def network_mean(const floating[:, ::1] updates, Py_ssize_t groups, int group_size,
+                 const int[:, ::1] network, Py_ssize_t lo, Py_ssize_t hi, floating[::1] out,
+                 int n_threads):
+    """Per coordinate: sort the first `groups` aligned groups of group_size (8 or 16)
+    rows in registers, run the comparator network over the K values, then out[j] =
     mean of the values at positions lo..hi-1 (a median, a trimmed mean).
 
     Tiles of network_lanes coordinates x K rows are copied to a per-thread buffer;
@@ -124,6 +131,7 @@ def network_mean(const floating[:, ::1] updates, const int[:, ::1] network, Py_s
         n = min(L, d - j0)
         if not load_tile(&buf[t, 0], U, K, d, j0, n):
             finite[t] = 0
+        sort_groups(&buf[t, 0], groups, group_size)
         run_network(&buf[t, 0], net, n_comp)
         mean_of_rows(&buf[t, 0], lo, hi, &out[j0], n)
     return int(min(finite))

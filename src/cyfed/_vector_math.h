@@ -55,6 +55,29 @@ static inline int cyfed_have_openmp(void) { return 0; }
 /* Work entries the softmax link needs for a block of m rows of k classes. */
 #define CYFED_SOFTMAX_WORK(k, m) (((k) + 6) * ((m) + 16))
 
+/* Bytes of one row of a comparator-network tile (coordinates x sizeof(T)). */
+#define CYFED_NET_BYTES 128
+
+/*
+ * Batcher's odd-even merge sort networks for 8 and 16 values (comparator (a, b):
+ * min to a, max to b), as X-macros so that one list yields both an in-register
+ * sequence and a table.  They are the first phases of the network of any larger
+ * power of two, which sort each aligned group of 8 or 16 rows.
+ */
+#define CYFED_BATCHER8(CS) CS(0,1) CS(2,3) CS(4,5) CS(6,7) CS(0,2) CS(1,3) CS(4,6) CS(5,7) \
+    CS(1,2) CS(5,6) CS(0,4) CS(1,5) CS(2,6) CS(3,7) CS(2,4) CS(3,5) CS(1,2) CS(3,4) CS(5,6)
+#define CYFED_BATCHER16(CS) CS(0,1) CS(2,3) CS(4,5) CS(6,7) CS(8,9) CS(10,11) CS(12,13) \
+    CS(14,15) CS(0,2) CS(1,3) CS(4,6) CS(5,7) CS(8,10) CS(9,11) CS(12,14) CS(13,15) CS(1,2) \
+    CS(5,6) CS(9,10) CS(13,14) CS(0,4) CS(1,5) CS(2,6) CS(3,7) CS(8,12) CS(9,13) CS(10,14) \
+    CS(11,15) CS(2,4) CS(3,5) CS(10,12) CS(11,13) CS(1,2) CS(3,4) CS(5,6) CS(9,10) CS(11,12) \
+    CS(13,14) CS(0,8) CS(1,9) CS(2,10) CS(3,11) CS(4,12) CS(5,13) CS(6,14) CS(7,15) CS(4,8) \
+    CS(5,9) CS(6,10) CS(7,11) CS(2,4) CS(3,5) CS(6,8) CS(7,9) CS(10,12) CS(11,13) CS(1,2) \
+    CS(3,4) CS(5,6) CS(7,8) CS(9,10) CS(11,12) CS(13,14)
+#define CYFED_PAIR(a, b) a, b,
+static const int cyfed_batcher8[] = {CYFED_BATCHER8(CYFED_PAIR)};
+static const int cyfed_batcher16[] = {CYFED_BATCHER16(CYFED_PAIR)};
+#undef CYFED_PAIR
+
 /* Widest X (columns) that takes the compile-time-D "narrow" path. */
 #define CYFED_NARROW_MAX 16
 
@@ -191,6 +214,21 @@ static inline void cyfed_prefetch_l2(const void *p, Py_ssize_t nbytes)
 #else
     (void)p; (void)nbytes;
 #endif
+}
+
+/* x[j] /= divisor (float64 accumulators of the aggregation sums); returns 1 if every
+ * result is finite. */
+static inline int cyfed_divide_all_finite(double *CYFED_RESTRICT x, double divisor,
+                                          Py_ssize_t n)
+{
+    double bad = 0.0;
+    CYFED_PRAGMA(omp simd reduction(+:bad))
+    for (Py_ssize_t j = 0; j < n; ++j) {
+        const double v = x[j] / divisor;
+        x[j] = v;
+        bad += v - v;
+    }
+    return bad == 0.0;
 }
 
 /* Type-generic loops: instantiated for double and float. */

@@ -7,6 +7,7 @@ from cython cimport floating
 
 cdef extern from "_vector_math.h" nogil:
     int CYFED_NARROW_MAX
+    int CYFED_NET_BYTES
     Py_ssize_t CYFED_SOFTMAX_WORK(Py_ssize_t k, Py_ssize_t m)
     int CYFED_VEC_BYTES_d
     int CYFED_VEC_BYTES_f
@@ -50,6 +51,7 @@ cdef extern from "_vector_math.h" nogil:
     void cyfed_ger4_vec_f(float*, const float**, int, const float*, Py_ssize_t,
                           Py_ssize_t, int)
     int cyfed_thread_id()
+    int cyfed_divide_all_finite(double*, double, Py_ssize_t)
     void cyfed_add_rows4_d(double*, const double*, const double*, const double*, const double*,
                            double, double, double, double, Py_ssize_t)
     void cyfed_add_rows4_f(double*, const float*, const float*, const float*, const float*,
@@ -62,6 +64,8 @@ cdef extern from "_vector_math.h" nogil:
     double cyfed_sq_dist_f(const float*, const float*, Py_ssize_t)
     void cyfed_run_network_d(double*, const int*, Py_ssize_t)
     void cyfed_run_network_f(float*, const int*, Py_ssize_t)
+    void cyfed_sort_groups_d(double*, Py_ssize_t, int)
+    void cyfed_sort_groups_f(float*, Py_ssize_t, int)
     int cyfed_load_tile_d(double*, const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t)
     int cyfed_load_tile_f(float*, const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t)
     void cyfed_mean_of_rows_d(const double*, Py_ssize_t, Py_ssize_t, double*, Py_ssize_t)
@@ -208,8 +212,8 @@ cdef inline int softmax_vectors(Py_ssize_t k, const floating *type_tag) noexcept
 
 
 cdef inline Py_ssize_t network_lanes(const floating *type_tag) noexcept nogil:
-    """Coordinates per comparator-network tile (two 64-byte vectors of this type)."""
-    return 128 // sizeof(floating)
+    """Coordinates per comparator-network tile (CYFED_NET_BYTES of this type)."""
+    return CYFED_NET_BYTES // sizeof(floating)
 
 
 cdef inline void add_rows4(double *out, const floating *x0, const floating *x1,
@@ -247,6 +251,13 @@ cdef inline void run_network(floating *tile, const int *net, Py_ssize_t n) noexc
         cyfed_run_network_d(tile, net, n)
     else:
         cyfed_run_network_f(tile, net, n)
+
+
+cdef inline void sort_groups(floating *tile, Py_ssize_t groups, int size) noexcept nogil:
+    if floating is double:
+        cyfed_sort_groups_d(tile, groups, size)
+    else:
+        cyfed_sort_groups_f(tile, groups, size)
 
 
 cdef inline int load_tile(floating *tile, const floating *U, Py_ssize_t K, Py_ssize_t d,

@@ -540,26 +540,45 @@ static inline double CYFED_FN(sq_dist)(const CYFED_T *CYFED_RESTRICT x,
  * instructions are spelt out: GCC turns `x < y ? x : y` stored back in place into
  * a branchy masked store.  (NaN never reaches here: tiles are checked first.)
  */
-#define CYFED_NET_LANES ((Py_ssize_t)(128 / sizeof(CYFED_T)))
+#define CYFED_NET_LANES ((Py_ssize_t)(CYFED_NET_BYTES / sizeof(CYFED_T)))
 #if defined(__AVX512F__)
 #define CYFED_NET_STEP 64
-#define CYFED_NET_MINMAX_d(pa, pb) { __m512d x = _mm512_loadu_pd(pa), y = _mm512_loadu_pd(pb); \
-    _mm512_storeu_pd(pa, _mm512_min_pd(x, y)); _mm512_storeu_pd(pb, _mm512_max_pd(x, y)); }
-#define CYFED_NET_MINMAX_f(pa, pb) { __m512 x = _mm512_loadu_ps(pa), y = _mm512_loadu_ps(pb); \
-    _mm512_storeu_ps(pa, _mm512_min_ps(x, y)); _mm512_storeu_ps(pb, _mm512_max_ps(x, y)); }
+#define CYFED_NV_d __m512d
+#define CYFED_NV_f __m512
+#define CYFED_NV_LOAD_d _mm512_loadu_pd
+#define CYFED_NV_LOAD_f _mm512_loadu_ps
+#define CYFED_NV_STORE_d _mm512_storeu_pd
+#define CYFED_NV_STORE_f _mm512_storeu_ps
+#define CYFED_NV_MIN_d _mm512_min_pd
+#define CYFED_NV_MIN_f _mm512_min_ps
+#define CYFED_NV_MAX_d _mm512_max_pd
+#define CYFED_NV_MAX_f _mm512_max_ps
 #elif defined(__AVX__)
 #define CYFED_NET_STEP 32
-#define CYFED_NET_MINMAX_d(pa, pb) { __m256d x = _mm256_loadu_pd(pa), y = _mm256_loadu_pd(pb); \
-    _mm256_storeu_pd(pa, _mm256_min_pd(x, y)); _mm256_storeu_pd(pb, _mm256_max_pd(x, y)); }
-#define CYFED_NET_MINMAX_f(pa, pb) { __m256 x = _mm256_loadu_ps(pa), y = _mm256_loadu_ps(pb); \
-    _mm256_storeu_ps(pa, _mm256_min_ps(x, y)); _mm256_storeu_ps(pb, _mm256_max_ps(x, y)); }
+#define CYFED_NV_d __m256d
+#define CYFED_NV_f __m256
+#define CYFED_NV_LOAD_d _mm256_loadu_pd
+#define CYFED_NV_LOAD_f _mm256_loadu_ps
+#define CYFED_NV_STORE_d _mm256_storeu_pd
+#define CYFED_NV_STORE_f _mm256_storeu_ps
+#define CYFED_NV_MIN_d _mm256_min_pd
+#define CYFED_NV_MIN_f _mm256_min_ps
+#define CYFED_NV_MAX_d _mm256_max_pd
+#define CYFED_NV_MAX_f _mm256_max_ps
 #elif defined(__SSE2__)
 #define CYFED_NET_STEP 16
-#define CYFED_NET_MINMAX_d(pa, pb) { __m128d x = _mm_loadu_pd(pa), y = _mm_loadu_pd(pb); \
-    _mm_storeu_pd(pa, _mm_min_pd(x, y)); _mm_storeu_pd(pb, _mm_max_pd(x, y)); }
-#define CYFED_NET_MINMAX_f(pa, pb) { __m128 x = _mm_loadu_ps(pa), y = _mm_loadu_ps(pb); \
-    _mm_storeu_ps(pa, _mm_min_ps(x, y)); _mm_storeu_ps(pb, _mm_max_ps(x, y)); }
+#define CYFED_NV_d __m128d
+#define CYFED_NV_f __m128
+#define CYFED_NV_LOAD_d _mm_loadu_pd
+#define CYFED_NV_LOAD_f _mm_loadu_ps
+#define CYFED_NV_STORE_d _mm_storeu_pd
+#define CYFED_NV_STORE_f _mm_storeu_ps
+#define CYFED_NV_MIN_d _mm_min_pd
+#define CYFED_NV_MIN_f _mm_min_ps
+#define CYFED_NV_MAX_d _mm_max_pd
+#define CYFED_NV_MAX_f _mm_max_ps
 #endif
+
 static inline void CYFED_FN(run_network)(CYFED_T *CYFED_RESTRICT tile, const int *net,
                                          Py_ssize_t n_comparators)
 {
@@ -568,8 +587,12 @@ static inline void CYFED_FN(run_network)(CYFED_T *CYFED_RESTRICT tile, const int
         CYFED_T *a = tile + net[2 * c] * L;
         CYFED_T *b = tile + net[2 * c + 1] * L;
 #ifdef CYFED_NET_STEP
-        for (Py_ssize_t l = 0; l < L; l += CYFED_NET_STEP / (Py_ssize_t)sizeof(CYFED_T))
-            CYFED_CAT(CYFED_NET_MINMAX, CYFED_S)(a + l, b + l)
+        for (Py_ssize_t l = 0; l < L; l += CYFED_NET_STEP / (Py_ssize_t)sizeof(CYFED_T)) {
+            const CYFED_CAT(CYFED_NV, CYFED_S) x = CYFED_CAT(CYFED_NV_LOAD, CYFED_S)(a + l);
+            const CYFED_CAT(CYFED_NV, CYFED_S) y = CYFED_CAT(CYFED_NV_LOAD, CYFED_S)(b + l);
+            CYFED_CAT(CYFED_NV_STORE, CYFED_S)(a + l, CYFED_CAT(CYFED_NV_MIN, CYFED_S)(x, y));
+            CYFED_CAT(CYFED_NV_STORE, CYFED_S)(b + l, CYFED_CAT(CYFED_NV_MAX, CYFED_S)(x, y));
+        }
 #else
         for (Py_ssize_t l = 0; l < L; ++l) {
             const CYFED_T x = a[l], y = b[l];
@@ -580,15 +603,68 @@ static inline void CYFED_FN(run_network)(CYFED_T *CYFED_RESTRICT tile, const int
     }
 }
 
+/*
+ * Sort `groups` aligned groups of `size` (8 or 16) tile rows each, the network
+ * held in vector registers (one register per row and lane strip): the first
+ * phases of the whole network without a load or store per comparator.
+ */
+#ifdef CYFED_NET_STEP
+#define CYFED_LOAD_ROW(r) CYFED_CAT(CYFED_NV, CYFED_S) v##r = \
+    CYFED_CAT(CYFED_NV_LOAD, CYFED_S)(rows + r * L + l);
+#define CYFED_STORE_ROW(r) CYFED_CAT(CYFED_NV_STORE, CYFED_S)(rows + r * L + l, v##r);
+#define CYFED_CS(a, b) { const CYFED_CAT(CYFED_NV, CYFED_S) t_ = \
+    CYFED_CAT(CYFED_NV_MIN, CYFED_S)(v##a, v##b); \
+    v##b = CYFED_CAT(CYFED_NV_MAX, CYFED_S)(v##a, v##b); v##a = t_; }
+#define CYFED_ROWS8(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
+#define CYFED_ROWS16(X) CYFED_ROWS8(X) X(8) X(9) X(10) X(11) X(12) X(13) X(14) X(15)
+#endif
+static inline void CYFED_FN(sort_groups)(CYFED_T *CYFED_RESTRICT tile, Py_ssize_t groups,
+                                         int size)
+{
+    const Py_ssize_t L = CYFED_NET_LANES;
+    for (Py_ssize_t g = 0; g < groups; ++g) {
+        CYFED_T *CYFED_RESTRICT rows = tile + g * size * L;
+#ifdef CYFED_NET_STEP
+        for (Py_ssize_t l = 0; l < L; l += CYFED_NET_STEP / (Py_ssize_t)sizeof(CYFED_T)) {
+            if (size == 16) {
+                CYFED_ROWS16(CYFED_LOAD_ROW)
+                CYFED_BATCHER16(CYFED_CS)
+                CYFED_ROWS16(CYFED_STORE_ROW)
+            } else {
+                CYFED_ROWS8(CYFED_LOAD_ROW)
+                CYFED_BATCHER8(CYFED_CS)
+                CYFED_ROWS8(CYFED_STORE_ROW)
+            }
+        }
+#else
+        if (size == 16)
+            CYFED_FN(run_network)(rows, cyfed_batcher16, sizeof(cyfed_batcher16) / (2 * sizeof(int)));
+        else
+            CYFED_FN(run_network)(rows, cyfed_batcher8, sizeof(cyfed_batcher8) / (2 * sizeof(int)));
+#endif
+    }
+}
+#ifdef CYFED_NET_STEP
+#undef CYFED_LOAD_ROW
+#undef CYFED_STORE_ROW
+#undef CYFED_CS
+#undef CYFED_ROWS8
+#undef CYFED_ROWS16
+#endif
+
 /* Copy K rows' [j0, j0 + n) (n <= lanes) into a tile; returns 1 if every value is finite. */
 static inline int CYFED_FN(load_tile)(CYFED_T *CYFED_RESTRICT tile, const CYFED_T *U,
                                       Py_ssize_t K, Py_ssize_t d, Py_ssize_t j0, Py_ssize_t n)
 {
     const Py_ssize_t L = CYFED_NET_LANES;
-    CYFED_T bad[128 / sizeof(CYFED_T)] = {0};     /* x - x: 0, or NaN for NaN/Inf */
+    CYFED_T bad[CYFED_NET_BYTES / sizeof(CYFED_T)] = {0};     /* x - x: 0, or NaN for NaN/Inf */
+    const int ahead = j0 + 2 * L <= d;   /* the next tile: one stream per row is too
+                                          * many for the hardware prefetcher at large K */
     for (Py_ssize_t r = 0; r < K; ++r) {
         const CYFED_T *CYFED_RESTRICT x = U + r * d + j0;
         CYFED_T *CYFED_RESTRICT t = tile + r * L;
+        if (ahead)
+            cyfed_prefetch_l2(x + L, L * (Py_ssize_t)sizeof(CYFED_T));
         if (n == L) {
             CYFED_PRAGMA(omp simd)
             for (Py_ssize_t l = 0; l < L; ++l) {
@@ -614,7 +690,7 @@ static inline void CYFED_FN(mean_of_rows)(const CYFED_T *CYFED_RESTRICT tile, Py
                                           Py_ssize_t n)
 {
     const Py_ssize_t L = CYFED_NET_LANES;
-    double acc[128 / sizeof(CYFED_T)];
+    double acc[CYFED_NET_BYTES / sizeof(CYFED_T)];
     CYFED_PRAGMA(omp simd)
     for (Py_ssize_t l = 0; l < L; ++l)
         acc[l] = 0.0;
@@ -630,8 +706,16 @@ static inline void CYFED_FN(mean_of_rows)(const CYFED_T *CYFED_RESTRICT tile, Py
 #undef CYFED_NET_LANES
 #ifdef CYFED_NET_STEP
 #undef CYFED_NET_STEP
-#undef CYFED_NET_MINMAX_d
-#undef CYFED_NET_MINMAX_f
+#undef CYFED_NV_d
+#undef CYFED_NV_f
+#undef CYFED_NV_LOAD_d
+#undef CYFED_NV_LOAD_f
+#undef CYFED_NV_STORE_d
+#undef CYFED_NV_STORE_f
+#undef CYFED_NV_MIN_d
+#undef CYFED_NV_MIN_f
+#undef CYFED_NV_MAX_d
+#undef CYFED_NV_MAX_f
 #endif
 
 #undef CYFED_LINK_LANES

@@ -86,9 +86,11 @@ def _positive(value, name):
 
 # -- means --------------------------------------------------------------------------------
 
-def _weighted_sum(U, w, n_threads):
+def _weighted_sum(U, w, n_threads, divisor=1.0):
+    """(sum_i w_i u_i) / divisor in float64, one pass; ValueError naming non-finite rows."""
     acc = np.empty(U.shape[1])
-    _kernels.weighted_sum(U, w, acc, n_threads)
+    if not _kernels.weighted_sum(U, w, divisor, acc, n_threads):
+        _raise_non_finite(U)
     return acc
 
 
@@ -99,19 +101,14 @@ def weighted_mean(updates, weights, n_threads=None):
     """
     U = _updates(updates)
     w = _weights(weights, U.shape[0])
-    acc = _weighted_sum(U, w, _threads(n_threads))
-    return _finite_or_raise(acc / w.sum(), U).astype(U.dtype, copy=False)
+    return _weighted_sum(U, w, _threads(n_threads), w.sum()).astype(U.dtype, copy=False)
 
 
 # -- order statistics ---------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=64)
-def _network(K, lo, hi):
-    """Comparators (a, b) (a gets the min) that leave positions lo..hi-1 holding the
-    sorted values' lo..hi-1 as a set: Batcher's odd-even merge sort for the next
-    power of two, restricted to rows < K (absent rows act as +inf), then pruned
-    backwards to the comparators that can change that set."""
-    n = 1 << max(0, (K - 1).bit_length())
+def _batcher(n):
+    """Batcher's odd-even merge sort for n = 2^p values: comparators (a, b), a < b,
+    min to a, as (phase size p, a, b)."""
     pairs = []
     p = 1
     while p < n:
@@ -120,26 +117,43 @@ def _network(K, lo, hi):
             for j in range(k % p, n - k, 2 * k):
                 for i in range(min(k, n - j - k)):
                     a, b = i + j, i + j + k
-                    if a // (2 * p) == b // (2 * p) and b < K:
-                        pairs.append((a, b))
+                    if a // (2 * p) == b // (2 * p):
+                        pairs.append((p, a, b))
             k //= 2
         p *= 2
+    return pairs
+
+
+@functools.lru_cache(maxsize=64)
+def _network(K, lo, hi):
+    """(groups, group_size, comparators) leaving positions lo..hi-1 holding the sorted
+    values' lo..hi-1 as a set.  Batcher's network for the next power of two,
+    restricted to rows < K (absent rows act as +inf), pruned backwards to the
+    comparators that can change that set; its first phases, which sort each aligned
+    group of 16 (or 8) rows, run in registers for the whole groups (`groups`), the
+    rest from the returned table.  (Running a pruned comparator changes nothing
+    needed, so the register groups need no pruning.)"""
+    size = 16 if K >= 16 else 8
+    groups = K // size
     # backwards: 1 = only membership in [lo, hi) matters, 2 = the value matters
     state = [1 if lo <= r < hi else 0 for r in range(K)]
     kept = []
-    for a, b in reversed(pairs):
-        if state[a] == state[b] and state[a] != 2:
-            continue                      # both unused, or both only summed: no effect
-        kept.append((a, b))
+    for p, a, b in reversed(_batcher(1 << max(0, (K - 1).bit_length()))):
+        if b >= K or (state[a] == state[b] and state[a] != 2):
+            continue                      # absent row, both unused, or both only summed
         state[a] = state[b] = 2
+        if p < size and b < groups * size:
+            continue                      # inside a register-sorted group
+        kept.append((a, b))
     net = np.array(kept[::-1], dtype=np.intc).reshape(-1, 2)
     net.setflags(write=False)
-    return net
+    return groups, size, net
 
 
 def _network_mean(U, lo, hi, n_threads):
     out = np.empty(U.shape[1], dtype=U.dtype)
-    if not _kernels.network_mean(U, _network(U.shape[0], lo, hi), lo, hi, out, n_threads):
+    groups, size, net = _network(U.shape[0], lo, hi)
+    if not _kernels.network_mean(U, groups, size, net, lo, hi, out, n_threads):
         _raise_non_finite(U)
     return out
 
@@ -276,6 +290,10 @@ def bulyan(updates, num_malicious, n_threads=None):
     return np.take_along_axis(S, closest, axis=0).mean(axis=0).astype(U.dtype, copy=False)
 
 
+def _norm(x):
+    return float(np.sqrt(np.add.reduce(x * x)))
+
+
 def _sq_dists_to(U, center, n_threads):
     out = np.empty(U.shape[0])
     _kernels.sq_dists_to(U, np.ascontiguousarray(center, dtype=np.float64), out, n_threads)
@@ -298,13 +316,13 @@ def geometric_median(updates, weights=None, eps=1e-6, maxiter=100, tol=1e-7, n_t
     if not (np.isfinite(tol) and tol >= 0):
         raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
     nt = _threads(n_threads)
-    v = _finite_or_raise(_weighted_sum(U, w, nt) / w.sum(), U)
+    v = _weighted_sum(U, w, nt, w.sum())
     for _ in range(maxiter):
         b = w / np.maximum(eps, np.sqrt(_sq_dists_to(U, v, nt)))
-        v_new = _weighted_sum(U, b, nt) / b.sum()
-        step = np.linalg.norm(v_new - v)
-        v = v_new
-        if step <= tol * max(1.0, np.linalg.norm(v)):
+        v_new = _weighted_sum(U, b, nt, b.sum())
+        step = _norm(v_new - v)             # not np.linalg.norm: a BLAS thread team
+        v = v_new                           # would fight the kernels' OpenMP threads
+        if step <= tol * max(1.0, _norm(v)):
             break
     return v.astype(U.dtype, copy=False)
 
