@@ -1,6 +1,6 @@
 """Shared machinery of the cyfed benchmarks (pytest-benchmark).
 
-Run the full suite (~2.5 minutes on 2 idle cores; unset the OpenBLAS tuning variables some machines
+Run the full suite (~7 minutes on 2 idle cores; unset the OpenBLAS tuning variables some machines
 set, they slow numpy's BLAS down)::
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE PYTHONPATH=src \\

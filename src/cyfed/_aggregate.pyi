@@ -4,9 +4,10 @@ import numpy.typing as npt
 def weighted_sum(
     updates: npt.NDArray[np.floating],
     weights: npt.NDArray[np.float64],
+    divisor: float,
     out: npt.NDArray[np.float64],
     n_threads: int,
-) -> None: ...
+) -> int: ...
 def sq_dists_to(
     updates: npt.NDArray[np.floating],
     center: npt.NDArray[np.float64],
@@ -18,6 +19,8 @@ def pair_sq_dists(
 ) -> None: ...
 def network_mean(
     updates: npt.NDArray[np.floating],
+    groups: int,
+    group_size: int,
     network: npt.NDArray[np.intc],
     lo: int,
     hi: int,
