@@ -16,7 +16,7 @@ from cyfed._vector_math cimport (add_row, add_rows4, all_finite, cyfed_divide_al
 import numpy as np
 
 cdef enum:
-    BLOCK = 4096          # coordinates per block
+    BLOCK = 16384          # coordinates per block
 
 
 cdef inline Py_ssize_t n_blocks(Py_ssize_t d) noexcept nogil:

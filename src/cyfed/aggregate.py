@@ -86,9 +86,9 @@ def _positive(value, name):
 
 # -- means --------------------------------------------------------------------------------
 
-def _weighted_sum(U, w, n_threads, divisor=1.0):
+def _weighted_sum(U, w, n_threads, divisor=1.0, out=None):
     """(sum_i w_i u_i) / divisor in float64, one pass; ValueError naming non-finite rows."""
-    acc = np.empty(U.shape[1])
+    acc = np.empty(U.shape[1]) if out is None else out
     if not _kernels.weighted_sum(U, w, divisor, acc, n_threads):
         _raise_non_finite(U)
     return acc
@@ -290,10 +290,6 @@ def bulyan(updates, num_malicious, n_threads=None):
     return np.take_along_axis(S, closest, axis=0).mean(axis=0).astype(U.dtype, copy=False)
 
 
-def _norm(x):
-    return float(np.sqrt(np.add.reduce(x * x)))
-
-
 def _sq_dists_to(U, center, n_threads):
     out = np.empty(U.shape[0])
     _kernels.sq_dists_to(U, np.ascontiguousarray(center, dtype=np.float64), out, n_threads)
@@ -317,12 +313,13 @@ def geometric_median(updates, weights=None, eps=1e-6, maxiter=100, tol=1e-7, n_t
         raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
     nt = _threads(n_threads)
     v = _weighted_sum(U, w, nt, w.sum())
+    v_new = np.empty_like(v)                 # two buffers, swapped: no fresh pages per step
     for _ in range(maxiter):
         b = w / np.maximum(eps, np.sqrt(_sq_dists_to(U, v, nt)))
-        v_new = _weighted_sum(U, b, nt, b.sum())
-        step = _norm(v_new - v)             # not np.linalg.norm: a BLAS thread team
-        v = v_new                           # would fight the kernels' OpenMP threads
-        if step <= tol * max(1.0, _norm(v)):
+        _weighted_sum(U, b, nt, b.sum(), out=v_new)
+        step_sq = _sq_dists_to(v_new[None, :], v, nt)[0]
+        v, v_new = v_new, v
+        if step_sq <= tol ** 2 * max(1.0, float(np.einsum("i,i", v, v))):
             break
     return v.astype(U.dtype, copy=False)
 
