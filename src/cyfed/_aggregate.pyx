@@ -9,14 +9,16 @@ min/max would hide them, returns whether every value it read was finite.
 from cython cimport floating
 from cython.parallel cimport prange
 
-from cyfed._vector_math cimport (add_row, add_rows4, all_finite, cyfed_divide_all_finite, cyfed_thread_id, load_tile,
+from cyfed._vector_math cimport (add_row, add_rows4, all_finite, cyfed_divide_all_finite,
+                                 cyfed_prefetch_l2, cyfed_thread_id, load_tile,
                                  mean_of_rows, network_lanes, run_network, sort_groups, sq_dist,
                                  sq_dist_to)
 
 import numpy as np
 
 cdef enum:
-    BLOCK = 16384          # coordinates per block
+    BLOCK = 16384         # coordinates per block (sums over rows: long streams per row)
+    PAIR_BLOCK = 2048     # ... for the pairwise distances (K rows of a block stay in L2)
 
 
 cdef inline Py_ssize_t n_blocks(Py_ssize_t d) noexcept nogil:
@@ -66,15 +68,20 @@ def sq_dists_to(const floating[:, ::1] updates, const double[::1] center, double
 
 def pair_sq_dists(const floating[:, ::1] updates, double[:, ::1] out, int n_threads):
     """out[i, j] = ||updates[i] - updates[j]||^2, exact differences (no Gram identity)."""
-    cdef Py_ssize_t K = updates.shape[0], d = updates.shape[1], nb = n_blocks(d)
+    cdef Py_ssize_t K = updates.shape[0], d = updates.shape[1]
+    cdef Py_ssize_t nb = (d + PAIR_BLOCK - 1) // PAIR_BLOCK
     cdef Py_ssize_t n_pairs = K * (K - 1) // 2, blk, i, j, p, j0, n
     cdef double[:, ::1] partial = np.empty((nb, max(n_pairs, 1)))
     cdef double[::1] flat = np.empty(max(n_pairs, 1))
     cdef const floating *U = &updates[0, 0]
     cdef int nt = max(1, min(n_threads, nb))
     for blk in prange(nb, nogil=True, num_threads=nt, schedule="static"):
-        j0 = blk * BLOCK
-        n = min(BLOCK, d - j0)
+        j0 = blk * PAIR_BLOCK
+        n = min(PAIR_BLOCK, d - j0)
+        if j0 + PAIR_BLOCK < d:          # the next block of every row: K short streams
+            for i in range(K):
+                cyfed_prefetch_l2(U + i * d + j0 + PAIR_BLOCK,
+                                  min(PAIR_BLOCK, d - j0 - PAIR_BLOCK) * sizeof(floating))
         p = 0
         for i in range(K):
             for j in range(i + 1, K):
