@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from cyfed import _validation as check
-from cyfed import gradients
+from cyfed import checkpoint, gradients
 from cyfed._simd import load
 from cyfed.attacks import Attack
 from cyfed.comm import LocalComm
@@ -57,6 +57,13 @@ class FederatedTrainer:
     attack : cyfed.attacks.Attack or None -- simulated malicious clients: their
         labels are poisoned at set-up and their messages perturbed on the server
         before aggregation (robustness studies)
+    checkpoint : path or None -- rank 0 writes the run's state there atomically
+        every `checkpoint_every` rounds and after the last: the model, the
+        strategy's server state, SCAFFOLD's client control variates, the round,
+        the history, and hashes of the config and the data.
+    resume : if True and `checkpoint` exists, fit() continues from it (refusing a
+        checkpoint of another config or other data) and ends bit-identical to the
+        uninterrupted run (every random draw is seeded by (seed, round)).
 
     Attributes after fit: coef_, intercept_, history_ (one dict per round).
     """
@@ -65,7 +72,7 @@ class FederatedTrainer:
                  fraction=None, min_clients=1, local_epochs=1, batch_size=10, lr=0.01,
                  l2=0.0, momentum=0.0, max_local_steps=None, fit_intercept=True,
                  dropout=0.0, straggler_fraction=0.0, seed=0, n_workers=None, comm=None,
-                 attack=None):
+                 attack=None, checkpoint=None, checkpoint_every=1, resume=False):
         self.strategy, self.loss, self.rounds = strategy, loss, rounds
         self.clients_per_round, self.fraction, self.min_clients = (clients_per_round, fraction,
                                                                    min_clients)
@@ -74,6 +81,7 @@ class FederatedTrainer:
         self.fit_intercept, self.dropout = fit_intercept, dropout
         self.straggler_fraction, self.seed = straggler_fraction, seed
         self.n_workers, self.comm, self.attack = n_workers, comm, attack
+        self.checkpoint, self.checkpoint_every, self.resume = checkpoint, checkpoint_every, resume
 
     # -- set-up -----------------------------------------------------------------
 
@@ -105,6 +113,9 @@ class FederatedTrainer:
         check.nonnegative_float(self.l2, "l2")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
+        if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be an int >= 1, got "
+                             f"{self.checkpoint_every!r}")
         return s
 
     def _hosted(self, clients, comm):
@@ -182,9 +193,73 @@ class FederatedTrainer:
         """Train on `clients`: a sequence of (X_k, y_k) for all ids, or this rank's
         {id: (X_k, y_k)}; `test` = (X, y) evaluated on rank 0 after every round."""
         self.setup(clients)
-        for rnd in range(self.rounds):
+        start = self._restore() if self.resume and self.checkpoint is not None else 0
+        for rnd in range(start, self.rounds):
             self.run_round(rnd, test)
+            if self.checkpoint is not None and ((rnd + 1) % self.checkpoint_every == 0
+                                                or rnd + 1 == self.rounds):
+                self._save(rnd + 1)
         return self
+
+    # -- checkpoints ------------------------------------------------------------
+
+    def _config(self):
+        """What determines the run's result (rounds, threads, ranks and paths do not)."""
+        names = ("loss", "clients_per_round", "fraction", "min_clients", "local_epochs",
+                 "batch_size", "lr", "l2", "momentum", "max_local_steps", "fit_intercept",
+                 "dropout", "straggler_fraction", "seed")
+        return {"trainer": {n: getattr(self, n) for n in names},
+                "strategy": _describe(self.strategy), "attack": _describe(self.attack)}
+
+    def _data_digest(self):
+        """One digest of every client's (X, y), in client-id order, for any rank count."""
+        r = self._run
+        X, y, offsets = r["problem"].X, r["problem"].y, r["offsets"]
+        mine = {int(cid): checkpoint.digest(X[offsets[i]:offsets[i + 1]],
+                                            y[offsets[i]:offsets[i + 1]])
+                for i, cid in enumerate(r["hosted_ids"])}
+        every = {}
+        for part in r["comm"].allgather_obj(mine):
+            every.update(part)
+        return checkpoint.digest([every[c] for c in sorted(every)])
+
+    def _save(self, next_round):
+        r = self._run
+        states = r["comm"].allgather_obj({str(c): v for c, v in r["client_state"].items()})
+        if r["comm"].rank != 0:
+            return
+        client_state = {c: v for part in states for c, v in part.items()}
+        checkpoint.save(self.checkpoint,
+                        {"theta": self.theta_, "strategy": self.strategy.state_dict(),
+                         "client_state": client_state},
+                        {"round": next_round, "history": self.history_,
+                         "config": checkpoint.digest(self._config()),
+                         "data": self._data_digest_value})
+
+    def _restore(self):
+        """Load the checkpoint on rank 0, check it on every rank, continue from it."""
+        r = self._run
+        comm = r["comm"]
+        found = comm.bcast_obj(Path(self.checkpoint).exists() if comm.rank == 0 else None)
+        if not found:
+            return 0
+        loaded = comm.bcast_obj(checkpoint.load(self.checkpoint) if comm.rank == 0 else None)
+        arrays, meta = loaded
+        if meta["config"] != checkpoint.digest(self._config()):
+            raise ValueError(f"checkpoint {self.checkpoint} was written with another "
+                             "configuration (loss, strategy, hyper-parameters or seed); "
+                             "refusing to resume from it")
+        if meta["data"] != self._data_digest_value:
+            raise ValueError(f"checkpoint {self.checkpoint} was written for other client "
+                             "data; refusing to resume from it")
+        self.theta_ = np.array(arrays["theta"], dtype=np.float64)
+        self.strategy.load_state_dict(arrays["strategy"])
+        hosted = set(int(c) for c in r["hosted_ids"])
+        r["client_state"] = {int(c): np.array(v) for c, v in arrays["client_state"].items()
+                             if int(c) in hosted}
+        self.history_ = list(meta["history"])
+        self._store(self.theta_, r["d"], r["k"])
+        return int(meta["round"])
 
     def setup(self, clients):
         """Validate everything (on every rank, before any round) and start from theta = 0."""
@@ -209,6 +284,8 @@ class FederatedTrainer:
         self.theta_ = np.zeros(d * k + k)
         self.history_ = []
         self._store(self.theta_, d, k)
+        if self.checkpoint is not None:
+            self._data_digest_value = self._data_digest()
         return self
 
     def run_round(self, rnd, test=None):
@@ -325,6 +402,20 @@ class FederatedTrainer:
 
     def predict(self, X):
         return gradients.predict(self.loss, X, self.coef_, self.intercept_)
+
+
+def _describe(obj):
+    """A JSON-able description of a strategy or an attack: class and hyper-parameters
+    (not a strategy's server state, which checkpoints carry separately)."""
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, (set, frozenset)):
+        return sorted(_describe(v) for v in obj)
+    if isinstance(obj, (list, tuple)):
+        return [_describe(v) for v in obj]
+    params = obj.hyper_parameters() if hasattr(obj, "hyper_parameters") else vars(obj)
+    return {"class": type(obj).__name__,
+            **{k: _describe(v) for k, v in sorted(params.items()) if not k.startswith("_")}}
 
 
 def write_history(history, path):

@@ -62,6 +62,13 @@ class Strategy:
     def aggregate(self, theta, messages, n_samples, client_ids, n_clients):
         raise NotImplementedError
 
+    #: Attributes holding server state (not hyper-parameters).
+    _state_attrs = ()
+
+    def hyper_parameters(self):
+        """{name: value} of what configures the strategy (not its server state)."""
+        return {k: v for k, v in vars(self).items() if k not in self._state_attrs}
+
     def state_dict(self):
         """The server state as {name: array or number} (copies), for checkpoints."""
         return {}
@@ -130,6 +137,8 @@ class Scaffold(Strategy):
     c_k+ = c_k - c + (x - y)/(K lr); server x <- x + eta_g/|S| sum (y_k - x),
     c <- c + (1/N) sum (c_k+ - c_k).  The payload is [x, c]; a message [y_k, dc_k].
     """
+
+    _state_attrs = ("c",)
 
     def __init__(self, eta_g=1.0):
         if not eta_g > 0:
@@ -306,6 +315,8 @@ class CenteredClipping(RobustStrategy):
     Delta_k = theta_k - theta, centred on the previous round's aggregate update
     (the paper's momentum centre; 0 at first): theta <- theta + v."""
 
+    _state_attrs = ("center",)
+
     def __init__(self, tau=1.0, iterations=1, mu=0.0):
         super().__init__(mu)
         aggregate.centered_clipping(np.zeros((1, 1)), tau, None, iterations)     # validates
@@ -381,6 +392,10 @@ class ServerOptimizer(Strategy):
         raise NotImplementedError
 
     _state_names = ()
+
+    @property
+    def _state_attrs(self):
+        return ("t",) + self._state_names
 
     def state_dict(self):
         state = {"t": self.t, "aggregator": self.aggregator.state_dict()}
