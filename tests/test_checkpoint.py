@@ -151,3 +151,40 @@ def test_sigkill_then_resume_equals_the_uninterrupted_run(n_ranks, tmp_path):
     done = run_script(tmp_path, n_ranks, path, out)
     assert done.returncode == 0, done.stderr
     np.testing.assert_array_equal(np.load(out), full.theta_)
+
+
+@pytest.mark.parametrize("params", [dict(momentum=0.9, batch_size=50, lr_schedule="cosine"),
+                                    dict(tol=1e-4, lr=0.05)], ids=["momentum-batches", "tol"])
+def test_distributed_gd_resumes_bit_identical(params, tmp_path, monkeypatch):
+    from cyfed.distributed import DistributedGD
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((300, 5))
+    y = X @ rng.standard_normal(5) + 0.1 * rng.standard_normal(300)
+    full = DistributedGD(max_iter=40, **params).fit(X, y)
+    stop_at = full.n_iter_ // 2 + 1
+    path = tmp_path / "gd.npz"
+
+    class Interrupted(Exception):
+        pass
+
+    real_batch = DistributedGD._local_batch
+
+    def interrupted(self, t, *args):
+        if t == stop_at:
+            raise Interrupted
+        return real_batch(self, t, *args)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(DistributedGD, "_local_batch", interrupted)
+        with pytest.raises(Interrupted):
+            DistributedGD(max_iter=40, checkpoint=path, checkpoint_every=3, **params).fit(X, y)
+    assert checkpoint.load(path)[1]["iteration"] == stop_at // 3 * 3
+    resumed = DistributedGD(max_iter=40, checkpoint=path, resume=True, **params).fit(X, y)
+    np.testing.assert_array_equal(resumed.coef_, full.coef_)
+    assert resumed.intercept_ == full.intercept_
+    assert resumed.n_iter_ == full.n_iter_
+    assert [h["loss"] for h in resumed.history_] == [h["loss"] for h in full.history_]
+    again = DistributedGD(max_iter=40, checkpoint=path, resume=True, **params).fit(X, y)
+    np.testing.assert_array_equal(again.coef_, full.coef_)          # a finished run stays put
+    with pytest.raises(ValueError, match="another configuration"):
+        DistributedGD(max_iter=40, checkpoint=path, resume=True, **{**params, "seed": 9}).fit(X, y)

@@ -17,10 +17,12 @@ floating-point sums does).
 """
 import numbers
 import time
+from pathlib import Path
 
 import numpy as np
 
 from cyfed import _validation as check
+from cyfed import checkpoint
 from cyfed import gradients
 from cyfed.comm import LocalComm
 from cyfed.schedules import get_schedule
@@ -126,6 +128,11 @@ class DistributedGD:
     comm : Communicator or None
         Defaults to `LocalComm()` (one process); pass `cyfed.comm.get_comm()`
         or an `MPIComm` to train over MPI ranks.
+    checkpoint : path or None;  checkpoint_every : int;  resume : bool
+        Rank 0 writes the model, momentum, iteration and history atomically every
+        `checkpoint_every` iterations and at the end; with resume=True, fit()
+        continues from an existing checkpoint of the same config and data (same
+        shards: the data digest is per rank) and ends bit-identical.
 
     Attributes
     ----------
@@ -137,12 +144,13 @@ class DistributedGD:
     def __init__(self, loss="squared", *, lr=0.01, max_iter=100, batch_size=None,
                  fit_intercept=True, l2=0.0, momentum=0.0, nesterov=False,
                  lr_schedule="constant", tol=None, gtol=None, seed=0, n_threads=None,
-                 comm=None):
+                 comm=None, checkpoint=None, checkpoint_every=10, resume=False):
         self.loss, self.lr, self.max_iter, self.batch_size = loss, lr, max_iter, batch_size
         self.fit_intercept, self.l2 = fit_intercept, l2
         self.momentum, self.nesterov, self.lr_schedule = momentum, nesterov, lr_schedule
         self.tol, self.gtol, self.seed, self.n_threads = tol, gtol, seed, n_threads
         self.comm = comm
+        self.checkpoint, self.checkpoint_every, self.resume = checkpoint, checkpoint_every, resume
 
     # -- checks ---------------------------------------------------------------
 
@@ -163,6 +171,9 @@ class DistributedGD:
             if value is not None and not value >= 0:
                 raise ValueError(f"{name} must be >= 0 or None, got {value!r}")
         check.nonnegative_float(self.l2, "l2")
+        if not isinstance(self.checkpoint_every, numbers.Integral) or self.checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be an int >= 1, got "
+                             f"{self.checkpoint_every!r}")
         return get_schedule(self.lr_schedule)
 
     # -- training -------------------------------------------------------------
@@ -197,8 +208,15 @@ class DistributedGD:
         self.history_ = []
         self.n_iter_ = 0
         prev_loss = None
+        first, done = 0, False
+        if self.checkpoint is not None:
+            fingerprint = self._fingerprint(comm, problem)
+            if self.resume:
+                restored = self._restore(comm, fingerprint)
+                if restored is not None:
+                    coef, intercept, velocity, prev_loss, first, done = restored
         start = time.perf_counter()
-        for t in range(self.max_iter):
+        for t in range(first, self.max_iter if not done else first):
             rows = self._local_batch(t, n_global, offset, problem.n)
             work_coef = coef.astype(problem.dtype, copy=False)
             work_b = intercept.astype(problem.dtype) if self.fit_intercept else no_intercept
@@ -228,10 +246,10 @@ class DistributedGD:
             self.history_.append({"iter": t, "loss": float(loss), "grad_norm": grad_norm,
                                   "lr": float(lr_t),
                                   "seconds": time.perf_counter() - start})
-            if self.gtol is not None and grad_norm <= self.gtol:
-                break
-            if (self.tol is not None and prev_loss is not None
+            if (self.gtol is not None and grad_norm <= self.gtol) or (
+                    self.tol is not None and prev_loss is not None
                     and abs(prev_loss - loss) <= self.tol * max(abs(prev_loss), 1e-300)):
+                done = True
                 break
             prev_loss = loss
             if self.momentum:
@@ -244,8 +262,49 @@ class DistributedGD:
             if self.fit_intercept:
                 intercept -= lr_t * step[dk:]
             self.n_iter_ = t + 1
+            if self.checkpoint is not None and (t + 1) % self.checkpoint_every == 0 \
+                    and t + 1 < self.max_iter:
+                self._save(comm, fingerprint, coef, intercept, velocity, prev_loss, False)
+        if self.checkpoint is not None:
+            self._save(comm, fingerprint, coef, intercept, velocity, prev_loss, True)
         self._store(coef, intercept, k)
         return self
+
+    # -- checkpoints ----------------------------------------------------------
+
+    def _fingerprint(self, comm, problem):
+        """Digests of what determines the result: the config, and every rank's shard."""
+        names = ("loss", "lr", "max_iter", "batch_size", "fit_intercept", "l2", "momentum",
+                 "nesterov", "lr_schedule", "tol", "gtol", "seed")
+        config = checkpoint.digest({n: getattr(self, n) for n in names})
+        mine = checkpoint.digest(problem.X, problem.y, problem.sample_weight)
+        return config, checkpoint.digest(comm.allgather_obj(mine))
+
+    def _save(self, comm, fingerprint, coef, intercept, velocity, prev_loss, done):
+        if comm.rank == 0:
+            checkpoint.save(self.checkpoint,
+                            {"coef": coef, "intercept": intercept, "velocity": velocity},
+                            {"iteration": self.n_iter_, "done": done, "prev_loss": prev_loss,
+                             "history": self.history_, "config": fingerprint[0],
+                             "data": fingerprint[1]})
+
+    def _restore(self, comm, fingerprint):
+        """(coef, intercept, velocity, prev_loss, next iteration, done) or None."""
+        found = comm.bcast_obj(Path(self.checkpoint).exists() if comm.rank == 0 else None)
+        if not found:
+            return None
+        arrays, meta = comm.bcast_obj(checkpoint.load(self.checkpoint) if comm.rank == 0
+                                      else None)
+        if meta["config"] != fingerprint[0]:
+            raise ValueError(f"checkpoint {self.checkpoint} was written with another "
+                             "configuration; refusing to resume from it")
+        if meta["data"] != fingerprint[1]:
+            raise ValueError(f"checkpoint {self.checkpoint} was written for other data (or "
+                             "another sharding over ranks); refusing to resume from it")
+        self.history_ = list(meta["history"])
+        self.n_iter_ = int(meta["iteration"])
+        return (np.array(arrays["coef"]), np.array(arrays["intercept"]),
+                np.array(arrays["velocity"]), meta["prev_loss"], self.n_iter_, meta["done"])
 
     @staticmethod
     def _initial_model(kind, d, k, coef_init, intercept_init):
