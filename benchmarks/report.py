@@ -148,6 +148,19 @@ def rerun_expression(table, busy=BUSY, expected=("cyfed", "numpy")):
     return " or ".join(ids)
 
 
+def read_runs(paths, prog):
+    """The parsed --benchmark-json files, or None after a one-line error on stderr."""
+    datas = []
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                datas.append(json.load(fh))
+        except (OSError, json.JSONDecodeError) as exc:
+            print(f"{prog}: cannot read {path}: {exc}", file=sys.stderr)
+            return None
+    return datas
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("json_files", nargs="+", metavar="JSON",
@@ -159,17 +172,10 @@ def main(argv=None):
                         help="print instead a pytest -k expression selecting the busy or "
                              "incomplete rows, to re-measure them when the machine is quiet")
     args = parser.parse_args(argv)
-    tables, datas = [], []
-    for path in args.json_files:
-        try:
-            with open(path, encoding="utf-8") as fh:
-                data = json.load(fh)
-        except (OSError, json.JSONDecodeError) as exc:
-            print(f"report.py: cannot read {path}: {exc}", file=sys.stderr)
-            return 2
-        datas.append(data)
-        tables.append(collect(data, args.stat))
-    table = merge(tables)
+    datas = read_runs(args.json_files, "report.py")
+    if datas is None:
+        return 2
+    table = merge([collect(data, args.stat) for data in datas])
     if not table:
         print(f"report.py: no cyfed/numpy loss benchmarks in {', '.join(args.json_files)} "
               "(a --smoke or --benchmark-disable run records none)", file=sys.stderr)

@@ -31,12 +31,14 @@ suspect.  Reads ``extra_info`` written by test_bench_aggregate.py and falls back
 to parsing the group name (``{rule}-{K}x{d}-{dtype}-t{threads}``).
 """
 import argparse
-import json
 import re
 import sys
 
+from report import read_runs
+
 FUNC_ORDER = ("weighted_mean", "median", "trimmed_mean", "krum", "geometric_median")
-#: Baselines of each rule, in column order.
+#: rule -> its baselines (implementation names), in column order (and the order they
+#: run after cyfed in test_bench_aggregate.py).
 BASELINES = {
     "weighted_mean": ("numpy-gemv", "numpy-average"),
     "median": ("numpy",),
@@ -217,17 +219,10 @@ def main(argv=None):
                         help="print instead a pytest -k expression selecting the busy or "
                              "incomplete rows")
     args = parser.parse_args(argv)
-    tables, datas = [], []
-    for path in args.json_files:
-        try:
-            with open(path, encoding="utf-8") as fh:
-                data = json.load(fh)
-        except (OSError, json.JSONDecodeError) as exc:
-            print(f"report_aggregate.py: cannot read {path}: {exc}", file=sys.stderr)
-            return 2
-        datas.append(data)
-        tables.append(collect(data, args.stat))
-    table = merge(tables)
+    datas = read_runs(args.json_files, "report_aggregate.py")
+    if datas is None:
+        return 2
+    table = merge([collect(data, args.stat) for data in datas])
     if not table:
         print(f"report_aggregate.py: no aggregation benchmarks in {', '.join(args.json_files)} "
               "(a --smoke or --benchmark-disable run records none)", file=sys.stderr)

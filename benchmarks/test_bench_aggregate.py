@@ -54,6 +54,7 @@ import pytest
 import scipy.stats
 
 from cyfed import aggregate
+from report_aggregate import BASELINES
 
 KS = (10, 100)
 DS = (100_000, 1_000_000)
@@ -67,14 +68,6 @@ MAXITER = 5
 #: ``timed`` overrides for the baselines that take seconds per call at the big shapes.
 SLOW_ROUNDS = dict(min_rounds=3, warmup_rounds=0)
 
-#: rule -> its baselines (implementation names), in the order they run after cyfed.
-BASELINES = {
-    "weighted_mean": ("numpy-gemv", "numpy-average"),
-    "median": ("numpy",),
-    "trimmed_mean": ("scipy",),
-    "krum": ("numpy",),
-    "geometric_median": ("numpy",),
-}
 SLOW = {("weighted_mean", "numpy-average"), ("median", "numpy"), ("trimmed_mean", "scipy"),
         ("geometric_median", "numpy")}
 
