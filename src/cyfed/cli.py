@@ -6,11 +6,13 @@ demo   the main job: the seed example, a kernel speed table beside numpy, a
        data-parallel logistic regression and federated FedAvg vs FedProx on
        Synthetic(1,1) (the last two over MPI ranks under mpiexec).
 info   the build and runtime configuration (SIMD level, OpenMP, MPI).
+plot   training histories (JSON/CSV from write_history) drawn into one image.
 Usage errors exit with status 2.
 """
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -19,6 +21,7 @@ from cyfed.comm import get_comm
 from cyfed.data import make_fedprox_synthetic, split_devices
 from cyfed.distributed import DistributedGD
 from cyfed.federated import FederatedTrainer
+from cyfed.plotting import load_history, plot_history
 from cyfed.strategies import FedAvg, FedProx
 
 
@@ -131,6 +134,52 @@ def info(args):
     return 0
 
 
+def _fail(message, status):
+    """One line on stderr; returns the exit status."""
+    print(f"cyfed plot: {message}", file=sys.stderr)
+    return status
+
+
+def _labels(paths):
+    """Legend labels: file stems, or the paths as given where stems repeat."""
+    stems = [Path(p).stem for p in paths]
+    return stems if len(set(stems)) == len(stems) else list(paths)
+
+
+def plot(args):
+    """Draw the history files; exit 2 on bad input or an existing OUT, 1 without matplotlib."""
+    out = Path(args.output)
+    if out.exists() and not args.force:
+        return _fail(f"{out} exists; pass --force to overwrite it", 2)
+    histories = {}
+    for label, path in zip(_labels(args.histories), args.histories):
+        try:
+            histories[label] = load_history(path)
+        except OSError as exc:
+            return _fail(f"cannot read {path}: {exc.strerror or exc}", 2)
+        except ValueError as exc:
+            return _fail(str(exc), 2)
+    history = histories if len(histories) > 1 else histories.popitem()[1]
+    try:
+        plot_history(history, out, metrics=args.metrics, title=args.title)
+    except ImportError as exc:
+        return _fail(str(exc), 1)
+    except ValueError as exc:
+        return _fail(str(exc), 2)
+    except OSError as exc:
+        return _fail(f"cannot write {out}: {exc.strerror or exc}", 2)
+    return 0
+
+
+def _names(text):
+    """Comma-separated metric names."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("expected metric names such as loss,test_accuracy, "
+                                         f"got {text!r}")
+    return names
+
+
 def _shape(text):
     try:
         n, d = (int(v) for v in text.lower().split("x"))
@@ -164,6 +213,18 @@ def build_parser():
     p.set_defaults(run=demo)
     p = sub.add_parser("info", help="show the build and runtime configuration")
     p.set_defaults(run=info)
+    p = sub.add_parser("plot", help="plot training histories (JSON/CSV from write_history)",
+                       description="Draw one panel per metric against round or iteration; "
+                       "several histories are overlaid.")
+    p.add_argument("histories", nargs="+", metavar="HISTORY", help=".json or .csv history file")
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="image to write (.png; other suffixes matplotlib knows also work)")
+    p.add_argument("--metrics", type=_names, metavar="A,B",
+                   help="comma-separated metrics (default: every numeric metric except "
+                   "round/iter, seconds, clients and bytes)")
+    p.add_argument("--title", help="figure title")
+    p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    p.set_defaults(run=plot)
     return parser
 
 
