@@ -1,0 +1,480 @@
+"""Data loading (cyfed.io): every format against hand-written files, rank slicing,
+located errors, clients on disk and the built-in data sets."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from cyfed.data import make_fedprox_synthetic, shard_rows
+from cyfed.io import (BUILTINS, builtin, load, load_clients, load_xy, save_clients)
+
+# Five rows, three features and a label (last column) in every format below.
+TABLE = np.array([[1.0, 2.0, 3.0, 0.0],
+                  [4.0, 5.0, 6.0, 1.0],
+                  [7.0, 8.0, 9.0, 0.0],
+                  [1.5, -2.5, 0.0, 1.0],
+                  [0.0, 0.0, 1e3, 2.0]])
+X_TABLE, Y_TABLE = TABLE[:, :3], TABLE[:, 3]
+
+CSV_TEXT = """a,b,c,target
+1,2,3,0
+4,5,6,1
+
+7,8,9,0
+1.5,-2.5,0,1
+0,0,1e3,2
+"""
+SVM_TEXT = """# label index:value ... (1-based)
+0 1:1 2:2 3:3
+1 1:4 2:5 3:6   # trailing comment
+
+0 1:7 2:8 3:9
+1 1:1.5 2:-2.5
+2 3:1e3
+"""
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(params=["npy", "npz", "csv", "svm"])
+def table_file(request, tmp_path):
+    """TABLE written in one of the formats load reads."""
+    path = tmp_path / f"table.{request.param}"
+    if request.param == "npy":
+        np.save(path, TABLE)
+    elif request.param == "npz":
+        np.savez(path, X=X_TABLE, y=Y_TABLE)
+    else:
+        path.write_text(CSV_TEXT if request.param == "csv" else SVM_TEXT)
+    return path
+
+
+def located(path, line, column):
+    """pytest.raises for a ValueError reported at path:line:column."""
+    return pytest.raises(ValueError, match=f"^{path}:{line}:{column}: ")
+
+
+# -- every format ----------------------------------------------------------------------------
+
+def test_every_format_gives_the_known_values(table_file, dtype):
+    X, y = load(table_file, dtype=dtype.name)
+    assert X.dtype == dtype and y.dtype == dtype
+    assert X.flags.c_contiguous and X.shape == (5, 3) and y.shape == (5,)
+    np.testing.assert_array_equal(X, X_TABLE.astype(dtype))
+    np.testing.assert_array_equal(y, Y_TABLE.astype(dtype))
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7])
+def test_ranks_get_the_shard_rows_and_together_all_rows(table_file, size):
+    parts = [load(table_file, rank=r, size=size) for r in range(size)]
+    for rank, (X, y) in enumerate(parts):
+        rows = shard_rows(5, rank, size)
+        np.testing.assert_array_equal(X, X_TABLE[rows])
+        np.testing.assert_array_equal(y, Y_TABLE[rows])
+    np.testing.assert_array_equal(np.concatenate([X for X, _ in parts]), X_TABLE)
+    np.testing.assert_array_equal(np.concatenate([y for _, y in parts]), Y_TABLE)
+
+
+def test_bad_rank_is_refused(table_file):
+    with pytest.raises(ValueError, match="rank"):
+        load(table_file, rank=2, size=2)
+
+
+@pytest.mark.parametrize("dtype", ["int32", "float16", None, "nonsense"])
+def test_only_float32_and_float64(table_file, dtype):
+    with pytest.raises(ValueError, match="float32' or 'float64"):
+        load(table_file, dtype=dtype)
+
+
+def test_missing_file_names_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.csv"):
+        load(tmp_path / "nope.csv")
+
+
+def test_unknown_extension_lists_the_supported_ones(tmp_path):
+    with pytest.raises(ValueError, match=r"'\.parquet'.*\.npy.*\.csv.*\.libsvm"):
+        load(write(tmp_path, "data.parquet", "1,2\n"))
+
+
+# -- .npy / .npz ----------------------------------------------------------------------------
+
+def test_npy_is_memory_mapped(tmp_path, monkeypatch):
+    path = tmp_path / "t.npy"
+    np.save(path, TABLE)
+    modes = []
+    real_load = np.load
+    monkeypatch.setattr(np, "load", lambda *a, **k: modes.append(k.get("mmap_mode"))
+                        or real_load(*a, **k))
+    load(path, rank=1, size=2)
+    assert modes == ["r"]
+
+
+@pytest.mark.parametrize("label", [0, -4, 2, -2])
+def test_npy_label_column_by_index(tmp_path, label):
+    path = tmp_path / "t.npy"
+    table = np.arange(20).reshape(5, 4)
+    np.save(path, table)                                # integers become floats
+    X, y = load(path, label=label)
+    assert X.dtype == y.dtype == np.float64
+    np.testing.assert_array_equal(y, table[:, label])
+    np.testing.assert_array_equal(X, np.delete(table, label % 4, axis=1))
+
+
+@pytest.mark.parametrize("array,match", [(np.arange(4.0), "2-d"),
+                                         (np.arange(4.0).reshape(4, 1), "at least 2 columns"),
+                                         (np.array([["a", "b"]]), "real numbers")])
+def test_npy_shape_and_dtype_errors_name_the_file(tmp_path, array, match):
+    path = tmp_path / "bad.npy"
+    np.save(path, array)
+    with pytest.raises(ValueError, match=f"bad.npy.*{match}"):
+        load(path)
+
+
+def test_npy_label_out_of_range_and_name_without_header(tmp_path):
+    path = tmp_path / "t.npy"
+    np.save(path, TABLE)
+    with pytest.raises(ValueError, match="out of range"):
+        load(path, label=4)
+    with pytest.raises(ValueError, match="no header"):
+        load(path, label="target")
+
+
+def test_corrupt_npy_names_the_file(tmp_path):
+    with pytest.raises(ValueError, match="junk.npy: cannot read"):
+        load(write(tmp_path, "junk.npy", "not an array"))
+
+
+def test_npz_missing_key_is_named(tmp_path):
+    path = tmp_path / "t.npz"
+    np.savez(path, X=X_TABLE, labels=Y_TABLE)
+    with pytest.raises(ValueError, match="no array 'y'.*'labels'"):
+        load(path)
+
+
+def test_npz_shapes_must_agree(tmp_path):
+    path = tmp_path / "t.npz"
+    np.savez(path, X=X_TABLE, y=Y_TABLE[:4])
+    with pytest.raises(ValueError, match=r"y must have shape \(5,\)"):
+        load(path)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3])
+def test_load_xy_reads_the_rank_rows_of_two_files(tmp_path, size, dtype):
+    np.save(tmp_path / "X.npy", X_TABLE)
+    np.save(tmp_path / "y.npy", Y_TABLE.astype(np.int64))
+    for rank in range(size):
+        X, y = load_xy(tmp_path / "X.npy", tmp_path / "y.npy", dtype=dtype.name,
+                       rank=rank, size=size)
+        rows = shard_rows(5, rank, size)
+        assert X.dtype == dtype and y.dtype == dtype
+        np.testing.assert_array_equal(X, X_TABLE[rows])
+        np.testing.assert_array_equal(y, Y_TABLE[rows])
+
+
+# -- CSV -------------------------------------------------------------------------------------
+
+def test_csv_label_by_name_and_negative_index(tmp_path):
+    path = write(tmp_path, "t.csv", CSV_TEXT)
+    X, y = load(path, label="a")
+    np.testing.assert_array_equal(y, TABLE[:, 0])
+    np.testing.assert_array_equal(X, TABLE[:, 1:])
+    X, y = load(path, label=-3)
+    np.testing.assert_array_equal(y, TABLE[:, 1])
+    np.testing.assert_array_equal(X, TABLE[:, [0, 2, 3]])
+
+
+def test_csv_unknown_column_name_lists_the_columns(tmp_path):
+    with pytest.raises(ValueError, match="no column named 'label'; columns: a, b, c, target"):
+        load(write(tmp_path, "t.csv", CSV_TEXT), label="label")
+
+
+def test_csv_without_header_is_detected(tmp_path):
+    path = write(tmp_path, "t.csv", CSV_TEXT.split("\n", 1)[1])
+    X, y = load(path)
+    np.testing.assert_array_equal(X, X_TABLE)
+    with pytest.raises(ValueError, match="no header"):
+        load(path, label="target")
+
+
+def test_csv_header_forced(tmp_path):
+    path = write(tmp_path, "t.csv", "1,2,3\n4,5,6\n7,8,9\n")     # numeric "names"
+    X, y = load(path, header=True, label="2")
+    np.testing.assert_array_equal(X, [[4, 6], [7, 9]])
+    np.testing.assert_array_equal(y, [5, 8])
+    X, _ = load(path, header=False)
+    assert X.shape == (3, 2)
+    with located(write(tmp_path, "h.csv", CSV_TEXT), 1, 1):
+        load(tmp_path / "h.csv", header=False)
+
+
+def test_csv_delimiters_crlf_and_bom(tmp_path):
+    semicolon = write(tmp_path, "s.csv", "\ufeffx;y\r\n1;2\r\n3;4\r\n")
+    X, y = load(semicolon, delimiter=";", label="y")
+    np.testing.assert_array_equal(X, [[1], [3]])
+    np.testing.assert_array_equal(y, [2, 4])
+    spaces = write(tmp_path, "w.txt", "  1   2 \t 3\n4 5 6\n")
+    X, y = load(spaces, delimiter=None)
+    np.testing.assert_array_equal(X, [[1, 2], [4, 5]])
+    np.testing.assert_array_equal(y, [3, 6])
+
+
+@pytest.mark.parametrize("text,line,column,match", [
+    ("a,b,c\n1,2,3\n4,x5,6\n", 3, 3, "field 2 is 'x5', not a number"),
+    ("a,b,c\n1,2,3\n\n4, 5,  oops\n", 4, 8, "field 3 is 'oops'"),
+    ("a,b,c\n1,2,3\n4,,6\n", 3, 3, "field 2 is ''"),
+    ("a,b,c\n1,2,3\n4,5,6,7\n", 3, 7, "expected 3 fields, got 4"),
+    ("a,b,c\n1,2,3\n4,5\n", 3, 4, "expected 3 fields, got 2"),
+    ("1,2,3\n4,5,nan\n7,8,9,\n", 3, 7, "expected 3 fields, got 4"),
+])
+def test_csv_errors_are_located(tmp_path, text, line, column, match):
+    path = write(tmp_path, "bad.csv", text)
+    with located(path, line, column) as error:
+        load(path)
+    assert match in str(error.value)
+
+
+def test_csv_errors_are_located_with_whitespace_delimiter(tmp_path):
+    path = write(tmp_path, "bad.txt", "1 2 3\n  4   five 6\n")
+    with located(path, 2, 7):
+        load(path, delimiter=None)
+
+
+def test_csv_error_is_the_same_on_every_rank(tmp_path):
+    path = write(tmp_path, "bad.csv", "1,2\n3,4\n5,x\n")
+    for rank in range(3):
+        with located(path, 3, 3):
+            load(path, rank=rank, size=3)
+
+
+@pytest.mark.parametrize("text,match", [("", "empty"), ("\n\n", "empty"),
+                                        ("a,b\n", "no data rows"), ("1\n2\n", "2 columns")])
+def test_csv_without_data(tmp_path, text, match):
+    with pytest.raises(ValueError, match=match):
+        load(write(tmp_path, "e.csv", text))
+
+
+# -- LIBSVM ----------------------------------------------------------------------------------
+
+def test_libsvm_comments_missing_features_and_a_far_index(tmp_path):
+    path = write(tmp_path, "t.libsvm", "# header comment\n+1 2:0.5 # note\n\n"
+                                       "-1 1:2 7:-3\n0\n")
+    X, y = load(path)
+    expected = np.zeros((3, 7))
+    expected[0, 1], expected[1, 0], expected[1, 6] = 0.5, 2, -3
+    np.testing.assert_array_equal(X, expected)
+    np.testing.assert_array_equal(y, [1, -1, 0])
+
+
+def test_libsvm_n_features(tmp_path):
+    path = write(tmp_path, "t.svmlight", "1 1:1 2:2\n")
+    assert load(path, n_features=5)[0].shape == (1, 5)
+    with pytest.raises(ValueError, match="n_features must be an int >= 2"):
+        load(path, n_features=1)
+
+
+def test_libsvm_densifying_beyond_max_bytes_is_refused(tmp_path):
+    path = write(tmp_path, "big.svm", "1 1000000:1\n0 1:1\n")
+    with pytest.raises(ValueError, match=r"big.svm: densifying 2 rows x 1,000,000 features as "
+                       r"float64 needs 15.26 MiB \(16,000,000 bytes\), over the limit "
+                       r"max_bytes=1.00 MiB"):
+        load(path, max_bytes=2**20)
+    with pytest.raises(ValueError, match="1 rows .* float32 needs 3.81 MiB"):    # this rank's
+        load(path, dtype="float32", max_bytes=2**20, rank=0, size=2)
+    assert load(path, max_bytes=16_000_000)[0].shape == (2, 1_000_000)
+    huge = write(tmp_path, "huge.svm", "1 300000000:1\n")
+    with pytest.raises(ValueError, match="needs 2.24 GiB .* max_bytes=2.00 GiB"):
+        load(huge)
+
+
+@pytest.mark.parametrize("text,line,column,match", [
+    ("1 1:1\nyes 1:2\n", 2, 1, "label 'yes' is not a number"),
+    ("1 1:1\n1 1:2   3\n", 2, 9, "expected index:value, got '3'"),
+    ("1 1:1\n1 0:2\n", 2, 3, "1-based"),
+    ("1 1:1\n\n1  x:2\n", 3, 4, "must be an integer >= 1"),
+    ("1 1:1\n1 2:1 2:3\n", 2, 7, "feature index 2 follows 2"),
+    ("1 3:1 1:1\n", 1, 7, "feature index 1 follows 3"),
+    ("# c\n1 1:1 2:abc # x\n", 2, 7, "value in '2:abc' is not a number"),
+    ("1 qid:3 1:1\n", 1, 3, "must be an integer >= 1"),
+])
+def test_libsvm_errors_are_located(tmp_path, text, line, column, match):
+    path = write(tmp_path, "bad.svm", text)
+    with located(path, line, column) as error:
+        load(path)
+    assert match in str(error.value)
+
+
+@pytest.mark.parametrize("text", ["# only comments\n", "1\n0\n"])
+def test_libsvm_without_rows_or_features(tmp_path, text):
+    with pytest.raises(ValueError, match="no data rows|no feature values"):
+        load(write(tmp_path, "e.svm", text))
+
+
+def test_non_utf8_text_names_the_file(tmp_path):
+    path = tmp_path / "latin.csv"
+    path.write_bytes(b"caf\xe9,1\n1,2\n")
+    with pytest.raises(ValueError, match="latin.csv: not UTF-8"):
+        load(path)
+
+
+# -- clients ---------------------------------------------------------------------------------
+
+def clients_of(sizes, seed=0):
+    rng = np.random.default_rng(seed)
+    return [(rng.standard_normal((n, 3)), rng.integers(0, 3, n).astype(float)) for n in sizes]
+
+
+@pytest.mark.parametrize("fmt", ["npz", "npy"])
+def test_clients_round_trip_through_a_directory(tmp_path, fmt, dtype):
+    clients = clients_of([4, 1, 6])
+    paths = save_clients(clients, tmp_path / "out", fmt)
+    assert [p.name for p in paths] == [f"client_00{k}.{fmt}" for k in range(3)]
+    loaded = load_clients(tmp_path / "out", dtype=dtype.name)
+    assert len(loaded) == 3
+    for (X, y), (Xk, yk) in zip(clients, loaded):
+        assert Xk.dtype == dtype and yk.dtype == dtype
+        np.testing.assert_array_equal(Xk, X.astype(dtype))
+        np.testing.assert_array_equal(yk, y.astype(dtype))
+
+
+def test_client_names_sort_in_client_order(tmp_path):
+    paths = save_clients(clients_of([1] * 1001), tmp_path)
+    assert paths[-1].name == "client_1000.npz" and paths[0].name == "client_0000.npz"
+    assert len(load_clients(tmp_path)) == 1001
+
+
+def test_directory_of_mixed_formats_skips_other_files(tmp_path):
+    write(tmp_path, "a.csv", "x,y,label\n1,2,0\n")
+    write(tmp_path, "b.svm", "1 1:3 2:4\n")
+    write(tmp_path, "README.md", "not data")
+    (X0, y0), (X1, y1) = load_clients(tmp_path)
+    np.testing.assert_array_equal(X0, [[1, 2]])
+    np.testing.assert_array_equal(X1, [[3, 4]])
+
+
+def test_directory_clients_must_agree_on_features(tmp_path):
+    write(tmp_path, "a.svm", "1 1:3 2:4\n")
+    write(tmp_path, "b.svm", "1 3:1\n")
+    with pytest.raises(ValueError, match="b.svm: 3 features, but a.svm has 2"):
+        load_clients(tmp_path)
+    assert [X.shape for X, _ in load_clients(tmp_path, n_features=3)] == [(1, 3), (1, 3)]
+
+
+def test_save_clients_refuses_to_overwrite_unless_forced(tmp_path):
+    save_clients(clients_of([2, 2, 2]), tmp_path)
+    with pytest.raises(FileExistsError, match="force=True"):
+        save_clients(clients_of([3, 3]), tmp_path)
+    save_clients(clients_of([3, 3], seed=1), tmp_path, force=True)
+    loaded = load_clients(tmp_path)          # no stale third client left behind
+    assert [len(y) for _, y in loaded] == [3, 3]
+    np.testing.assert_array_equal(loaded[1][0], clients_of([3, 3], seed=1)[1][0])
+
+
+def test_save_clients_refuses_a_directory_with_other_data(tmp_path):
+    write(tmp_path, "data.csv", CSV_TEXT)
+    with pytest.raises(FileExistsError, match="data.csv"):
+        save_clients(clients_of([2]), tmp_path, force=True)
+    assert (tmp_path / "data.csv").exists()
+
+
+@pytest.mark.parametrize("clients,fmt,match", [
+    ([], "npz", "empty"), (clients_of([2]), "csv", "fmt"),
+    ([(np.zeros(3), np.zeros(3))], "npz", "client 0: X must be 2-d"),
+])
+def test_save_clients_argument_errors(tmp_path, clients, fmt, match):
+    with pytest.raises(ValueError, match=match):
+        save_clients(clients, tmp_path, fmt)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("partition", ["iid", "dirichlet", "shards", "quantity"])
+def test_partitioned_file_covers_every_row_once(tmp_path, partition):
+    n = 200
+    table = np.column_stack([np.arange(n, dtype=float), np.arange(n) % 4])
+    np.save(tmp_path / "all.npy", table)
+    clients = load_clients(tmp_path / "all.npy", partition=partition, n_clients=5, seed=3)
+    assert len(clients) == 5
+    ids = np.concatenate([X[:, 0] for X, _ in clients])
+    np.testing.assert_array_equal(np.sort(ids), np.arange(n))
+    for X, y in clients:                                      # rows keep their labels
+        np.testing.assert_array_equal(y, X[:, 0] % 4)
+    again = load_clients(tmp_path / "all.npy", partition=partition, n_clients=5, seed=3)
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(clients, again))
+
+
+def test_partitioned_file_passes_load_arguments(tmp_path):
+    path = write(tmp_path, "t.csv", CSV_TEXT)
+    clients = load_clients(path, partition="iid", n_clients=2, label="a", dtype="float32")
+    assert sum(len(y) for _, y in clients) == 5
+    assert all(X.shape[1] == 3 and X.dtype == np.float32 for X, _ in clients)
+    np.testing.assert_array_equal(np.sort(np.concatenate([y for _, y in clients])),
+                                  np.sort(TABLE[:, 0]))
+
+
+def test_load_clients_errors(tmp_path):
+    path = write(tmp_path, "t.csv", CSV_TEXT)
+    with pytest.raises(ValueError, match="needs n_clients"):
+        load_clients(path, partition="iid")
+    with pytest.raises(ValueError, match="unknown partition 'random'.*iid, dirichlet, shards"):
+        load_clients(path, partition="random", n_clients=2)
+    with pytest.raises(ValueError, match="partition= and n_clients="):
+        load_clients(path)
+    with pytest.raises(ValueError, match="directory of clients"):
+        load_clients(tmp_path, partition="iid", n_clients=2)
+    with pytest.raises(TypeError, match="rank"):
+        load_clients(tmp_path, rank=0, size=2)
+    with pytest.raises(FileNotFoundError, match="missing.csv"):
+        load_clients(tmp_path / "missing.csv", partition="iid", n_clients=2)
+    (tmp_path / "empty").mkdir()
+    write(tmp_path / "empty", "notes.md", "")
+    with pytest.raises(ValueError, match="empty: no client files"):
+        load_clients(tmp_path / "empty")
+
+
+# -- built-in data sets ----------------------------------------------------------------------
+
+def test_builtin_seed(dtype):
+    X, y = builtin("seed", dtype=dtype.name)
+    assert X.dtype == dtype and y.dtype == dtype
+    np.testing.assert_array_equal(X, [[1, 2], [2, 3], [3, 4]])
+    np.testing.assert_array_equal(y, [1, 2, 3])
+
+
+def test_builtin_fedprox_synthetic_is_clients(dtype):
+    clients = builtin("fedprox-synthetic", dtype=dtype.name, seed=4)
+    reference = make_fedprox_synthetic(1.0, 1.0, 30, seed=4)
+    assert len(clients) == 30
+    for (X, y), (X_ref, y_ref) in zip(clients, reference):
+        assert X.dtype == dtype and y.dtype == dtype and X.shape == (len(y), 60)
+        np.testing.assert_array_equal(X, X_ref.astype(dtype))
+        np.testing.assert_array_equal(y, y_ref)
+
+
+@pytest.mark.parametrize("name,shape", [("iris", (150, 4)), ("digits", (1797, 64)),
+                                        ("wine", (178, 13)), ("breast_cancer", (569, 30)),
+                                        ("diabetes", (442, 10))])
+def test_builtin_sklearn(name, shape):
+    pytest.importorskip("sklearn")
+    X, y = builtin(name, dtype="float32")
+    assert X.shape == shape and y.shape == shape[:1]
+    assert X.dtype == np.float32 and y.dtype == np.float32 and X.flags.c_contiguous
+
+
+def test_builtin_sklearn_missing(monkeypatch):
+    monkeypatch.setitem(sys.modules, "sklearn", None)        # import sklearn now fails
+    with pytest.raises(ImportError, match="pip install scikit-learn"):
+        builtin("iris")
+
+
+def test_builtin_unknown_name_lists_them():
+    with pytest.raises(ValueError, match="'mnist'.*" + ".*".join(BUILTINS)):
+        builtin("mnist")
+
+
+def test_import_needs_only_numpy():
+    code = "import sys, cyfed.io; assert 'sklearn' not in sys.modules, 'sklearn imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
