@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import cyfed
 from cyfed import checkpoint, strategies
 from cyfed.attacks import SignFlip
 from cyfed.data import make_fedprox_synthetic
 from cyfed.federated import FederatedTrainer
 
-ROOT = Path(__file__).resolve().parents[1]
 MPIEXEC = shutil.which("mpiexec", path=os.pathsep.join(
     [str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
 DEVICES = make_fedprox_synthetic(1.0, 1.0, n_devices=12, seed=5)
@@ -133,8 +133,10 @@ def run_script(tmp_path, n_ranks, *args):
     cmd = [sys.executable, str(script), *map(str, args)]
     if n_ranks > 1:
         cmd = [MPIEXEC, "-n", str(n_ranks)] + cmd
+    # the cyfed these tests import (the source tree here, the installed package in CI)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
+        [str(Path(cyfed.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
 
 
@@ -146,7 +148,7 @@ def test_sigkill_then_resume_equals_the_uninterrupted_run(n_ranks, tmp_path):
                             "softmax", rounds=6, **PARAMS).fit(DEVICES)
     path, out = tmp_path / "run.npz", tmp_path / "theta.npy"
     killed = run_script(tmp_path, n_ranks, path, out, 4)
-    assert killed.returncode != 0 and not out.exists()
+    assert killed.returncode != 0 and not out.exists(), killed.stderr
     assert checkpoint.load(path)[1]["round"] == 3            # rounds 0..2 were saved
     done = run_script(tmp_path, n_ranks, path, out)
     assert done.returncode == 0, done.stderr
