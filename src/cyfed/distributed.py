@@ -178,10 +178,12 @@ class DistributedGD:
 
     # -- training -------------------------------------------------------------
 
-    def fit(self, X, y, sample_weight=None, *, coef_init=None, intercept_init=None):
+    def fit(self, X, y, sample_weight=None, *, coef_init=None, intercept_init=None,
+            callback=None):
         """Train on this rank's shard (X (n_local, d), y (n_local,)); collective.
 
         Every rank of the communicator must call fit; a rank may hold 0 rows.
+        `callback(record)` runs on every rank after each iteration's history record.
         """
         comm = self.comm if self.comm is not None else LocalComm()
 
@@ -246,6 +248,8 @@ class DistributedGD:
             self.history_.append({"iter": t, "loss": float(loss), "grad_norm": grad_norm,
                                   "lr": float(lr_t),
                                   "seconds": time.perf_counter() - start})
+            if callback is not None:
+                callback(self.history_[-1])
             if (self.gtol is not None and grad_norm <= self.gtol) or (
                     self.tol is not None and prev_loss is not None
                     and abs(prev_loss - loss) <= self.tol * max(abs(prev_loss), 1e-300)):

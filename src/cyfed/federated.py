@@ -189,16 +189,19 @@ class FederatedTrainer:
 
     # -- training ---------------------------------------------------------------
 
-    def fit(self, clients, test=None):
+    def fit(self, clients, test=None, callback=None):
         """Train on `clients`: a sequence of (X_k, y_k) for all ids, or this rank's
-        {id: (X_k, y_k)}; `test` = (X, y) evaluated on rank 0 after every round."""
+        {id: (X_k, y_k)}; `test` = (X, y) evaluated on rank 0 after every round;
+        `callback(record)` runs on every rank after each round (and its checkpoint)."""
         self.setup(clients)
         start = self._restore() if self.resume and self.checkpoint is not None else 0
         for rnd in range(start, self.rounds):
-            self.run_round(rnd, test)
+            record = self.run_round(rnd, test)
             if self.checkpoint is not None and ((rnd + 1) % self.checkpoint_every == 0
                                                 or rnd + 1 == self.rounds):
                 self._save(rnd + 1)
+            if callback is not None:
+                callback(record)
         return self
 
     # -- checkpoints ------------------------------------------------------------
