@@ -6,7 +6,11 @@ demo   the main job: the seed example, a kernel speed table beside numpy, a
        data-parallel logistic regression and federated FedAvg vs FedProx on
        Synthetic(1,1) (the last two over MPI ranks under mpiexec).
 info   the build and runtime configuration (SIMD level, OpenMP, MPI).
+train  a federated or distributed run from a TOML config (cyfed.train_command).
 plot   training histories (JSON/CSV from write_history) drawn into one image.
+partition  one data file split into per-client files (cyfed.commands: these three).
+evaluate   a model file's loss and accuracy, or MSE and R², on a data file (MPI ranks).
+predict    a model file's predictions for a data file, written as .csv or .npy.
 Usage errors exit with status 2.
 """
 import argparse
@@ -17,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 import cyfed
+from cyfed import commands, train_command
 from cyfed.comm import get_comm
 from cyfed.data import make_fedprox_synthetic, split_devices
 from cyfed.distributed import DistributedGD
@@ -225,6 +230,8 @@ def build_parser():
     p.add_argument("--title", help="figure title")
     p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     p.set_defaults(run=plot)
+    commands.register(sub)
+    train_command.register(sub)
     return parser
 
 

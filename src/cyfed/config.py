@@ -1,0 +1,165 @@
+"""Run configuration for ``cyfed train``: a TOML file, command-line overrides, validation.
+
+Layout (every table optional except what the mode needs)::
+
+    mode = "federated"               # or "distributed"
+    loss = "softmax"                 # squared | logistic | softmax
+    [data]                           # path = a file or a directory of client files,
+    path = "train.csv"               # or builtin = "fedprox-synthetic" / "digits" / ...
+    label = -1                       # column index or name (CSV)
+    dtype = "float64"
+    partition = "dirichlet"          # federated, one file: iid | dirichlet | shards | quantity
+    n_clients = 100
+    alpha = 0.5
+    test = "test.csv"                # held-out data evaluated every round (optional)
+    test_fraction = 0.2              # or: hold out this share of each client (builtins)
+    [trainer]                        # FederatedTrainer / DistributedGD keyword arguments
+    rounds = 50
+    [strategy]                       # federated: name + its keyword arguments;
+    name = "FedProx"                 # aggregator = { name = "FedTrimmedAvg", beta = 0.2 }
+    mu = 1.0
+    [attack]                         # optional: name = "SignFlip", clients = [0, 1], ...
+    [output]
+    dir = "runs/demo"
+    checkpoint_every = 5
+
+Overrides are ``section.key=value`` with a TOML value (``trainer.lr=0.1``,
+``strategy.name="FedAdam"``).  Unknown keys are refused with the closest valid key.
+"""
+import difflib
+import inspect
+import sys
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:                                   # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+from cyfed import attacks, io, strategies
+from cyfed.distributed import DistributedGD
+from cyfed.federated import FederatedTrainer
+
+TOP = {"mode", "loss", "data", "trainer", "strategy", "attack", "output"}
+DATA = {"path", "builtin", "label", "dtype", "delimiter", "header", "partition", "n_clients",
+        "alpha", "seed", "test", "test_fraction", "max_bytes"}
+OUTPUT = {"dir", "checkpoint_every"}
+NOT_FROM_CONFIG = {"comm", "checkpoint", "resume", "attack", "strategy", "loss"}
+MODES = {"federated": FederatedTrainer, "distributed": DistributedGD}
+
+
+class ConfigError(ValueError):
+    """A configuration the user must fix (the command exits with status 2)."""
+
+
+def _suggest(key, valid, where, what="key"):
+    close = difflib.get_close_matches(key, sorted(valid), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; valid: {', '.join(sorted(valid))}"
+    return ConfigError(f"unknown {what} {key!r} in {where}{hint}")
+
+
+def _check_keys(table, valid, where):
+    for key in table:
+        if key not in valid:
+            raise _suggest(key, valid, where)
+
+
+def keyword_names(cls):
+    """Keyword arguments of a class's constructor."""
+    return {n for n in inspect.signature(cls).parameters if n != "self"}
+
+
+def parse_override(text):
+    """'section.key=value' (value in TOML syntax; bare words are taken as strings)."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise ConfigError(f"override {text!r} is not of the form section.key=value")
+    try:
+        parsed = tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value
+    return name.strip().split("."), parsed
+
+
+def load(path, overrides=()):
+    """The validated configuration dict of a TOML file plus overrides."""
+    try:
+        with open(path, "rb") as fh:
+            config = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    for override in overrides:
+        keys, value = parse_override(override)
+        node = config
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {override!r}: {key!r} is not a table")
+        node[keys[-1]] = value
+    return validate(config)
+
+
+def validate(config):
+    """Check every key; fill defaults (mode federated, loss squared, output dir 'run')."""
+    _check_keys(config, TOP, "the config")
+    config.setdefault("mode", "federated")
+    config.setdefault("loss", "squared")
+    if config["mode"] not in MODES:
+        raise ConfigError(f"mode must be one of {sorted(MODES)}, got {config['mode']!r}")
+    for name in ("data", "trainer", "strategy", "attack", "output"):
+        if not isinstance(config.setdefault(name, {}), dict):
+            raise ConfigError(f"[{name}] must be a table")
+    _check_keys(config["data"], DATA, "[data]")
+    data = config["data"]
+    if ("path" in data) == ("builtin" in data):
+        raise ConfigError("[data] needs exactly one of path = ... or builtin = ...")
+    if "builtin" in data and data["builtin"] not in io.BUILTINS:
+        raise _suggest(str(data["builtin"]), io.BUILTINS, "[data]", "builtin dataset")
+    if "partition" in data and data["partition"] not in io.PARTITIONS:
+        raise _suggest(str(data["partition"]), io.PARTITIONS, "[data]", "partition")
+    _check_keys(config["output"], OUTPUT, "[output]")
+    trainer_keys = keyword_names(MODES[config["mode"]]) - NOT_FROM_CONFIG
+    _check_keys(config["trainer"], trainer_keys, f"[trainer] ({config['mode']})")
+    if config["mode"] == "federated":
+        make_strategy(config["strategy"] or {"name": "FedAvg"})
+        if config["attack"]:
+            make_attack(config["attack"])
+    elif config["strategy"] or config["attack"]:
+        raise ConfigError("[strategy] and [attack] apply to mode = \"federated\" only")
+    return config
+
+
+def _build(table, module, kind, base):
+    table = dict(table)
+    name = table.pop("name", None)
+    cls = getattr(module, name, None) if isinstance(name, str) else None
+    names = {n for n, c in vars(module).items()
+             if isinstance(c, type) and issubclass(c, base) and c is not base
+             and not n.startswith("_")}
+    if cls is None or name not in names:
+        raise _suggest(str(name), names, f"[{kind}]", "name")
+    _check_keys(table, keyword_names(cls), f"[{kind}] ({name})")
+    return cls, table
+
+
+def make_strategy(table):
+    """A strategy from {name = ..., its keyword arguments, aggregator = {...}}."""
+    cls, kwargs = _build(table, strategies, "strategy", strategies.Strategy)
+    if isinstance(kwargs.get("aggregator"), dict):
+        kwargs["aggregator"] = make_strategy(kwargs["aggregator"])
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"[strategy] {table.get('name')}: {exc}") from None
+
+
+def make_attack(table):
+    """An attack from {name = ..., clients = [...], its keyword arguments}."""
+    cls, kwargs = _build(table, attacks, "attack", attacks.Attack)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"[attack] {table.get('name')}: {exc}") from None

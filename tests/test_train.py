@@ -1,0 +1,176 @@
+"""`cyfed train`: config files and overrides, outputs, resume, errors, serial and under mpiexec."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import cyfed
+from cyfed import config as cfg
+from cyfed import strategies
+from cyfed.model_file import load_model
+
+MPIEXEC = shutil.which("mpiexec", path=os.pathsep.join(
+    [str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+
+FEDERATED = """
+    mode = "federated"
+    loss = "softmax"
+    [data]
+    builtin = "fedprox-synthetic"
+    test_fraction = 0.2
+    [trainer]
+    rounds = 3
+    clients_per_round = 5
+    local_epochs = 1
+    lr = 0.01
+    seed = 1
+    [strategy]
+    name = "FedAdam"
+    eta = 0.01
+    aggregator = { name = "FedTrimmedAvg", beta = 0.2 }
+"""
+
+
+def write(tmp_path, text, name="run.toml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def cyfed_cli(*args, n_ranks=1, cwd=None):
+    cmd = [sys.executable, "-m", "cyfed", *map(str, args)]
+    if n_ranks > 1:
+        cmd = [MPIEXEC, "-n", str(n_ranks)] + cmd
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(Path(cyfed.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=cwd)
+
+
+# -- config -----------------------------------------------------------------------------------
+
+def test_overrides_beat_the_file_and_build_nested_strategies(tmp_path):
+    config = cfg.load(write(tmp_path, FEDERATED), ["trainer.lr=0.5", "strategy.eta=0.02",
+                                                   "data.test_fraction=0.1"])
+    assert config["trainer"]["lr"] == 0.5 and config["data"]["test_fraction"] == 0.1
+    strategy = cfg.make_strategy(config["strategy"])
+    assert isinstance(strategy, strategies.FedAdam) and strategy.eta == 0.02
+    assert isinstance(strategy.aggregator, strategies.FedTrimmedAvg)
+
+
+@pytest.mark.parametrize("override, match", [
+    ("trainer.lrr=0.1", "did you mean 'lr'"),
+    ("strategy.name=\"FedAdma\"", "did you mean 'FedAdam'"),
+    ("strategy.etta=1", "did you mean 'eta'"),
+    ("dat.path=\"x\"", "did you mean 'data'"),
+    ("output.dirr=\"x\"", "did you mean 'dir'"),
+    ("mode=\"fedrated\"", "mode must be one of"),
+    ("strategy.eta=-1", "eta must be"),
+    ("trainer.max_iter=3", "unknown key 'max_iter'.*valid: batch_size"),   # DistributedGD's
+    ("lr", "section.key=value"),
+])
+def test_bad_keys_and_values_are_refused_with_a_suggestion(tmp_path, override, match):
+    with pytest.raises(cfg.ConfigError, match=match):
+        cfg.load(write(tmp_path, FEDERATED), [override])
+
+
+def test_data_needs_a_source_and_distributed_takes_no_strategy(tmp_path):
+    with pytest.raises(cfg.ConfigError, match="exactly one of path"):
+        cfg.load(write(tmp_path, "[data]\nlabel = 0\n"))
+    with pytest.raises(cfg.ConfigError, match="federated"):
+        cfg.load(write(tmp_path, 'mode = "distributed"\n[data]\nbuiltin = "iris"\n'
+                                 '[strategy]\nname = "FedAvg"\n'))
+
+
+def test_missing_and_malformed_config_files(tmp_path):
+    with pytest.raises(cfg.ConfigError, match="does not exist"):
+        cfg.load(tmp_path / "nope.toml")
+    with pytest.raises(cfg.ConfigError, match="bad.toml"):
+        cfg.load(write(tmp_path, "mode = \n", "bad.toml"))
+
+
+# -- the command end to end -------------------------------------------------------------------
+
+def test_federated_train_writes_model_history_and_checkpoint(tmp_path):
+    proc = cyfed_cli("train", write(tmp_path, FEDERATED), "-o", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "out"
+    history = json.loads((out / "history.json").read_text())
+    assert [h["round"] for h in history] == [0, 1, 2] and "test_accuracy" in history[-1]
+    assert (out / "history.csv").read_text().startswith("round,")
+    model = load_model(out / "model.npz")
+    assert model["loss"] == "softmax" and model["coef"].shape == (60, 10)
+    assert model["metadata"]["metrics"]["round"] == 2
+    assert "model in" in proc.stdout
+
+
+def test_resume_continues_to_the_same_bits(tmp_path):
+    config = write(tmp_path, FEDERATED)
+    assert cyfed_cli("train", config, "-o", tmp_path / "a", "--set",
+                     "trainer.rounds=5").returncode == 0
+    assert cyfed_cli("train", config, "-o", tmp_path / "b").returncode == 0
+    resumed = cyfed_cli("train", config, "-o", tmp_path / "b", "--resume", "--set",
+                        "trainer.rounds=5")
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = load_model(tmp_path / "a" / "model.npz"), load_model(tmp_path / "b" / "model.npz")
+    np.testing.assert_array_equal(a["coef"], b["coef"])
+    assert len(json.loads((tmp_path / "b" / "history.json").read_text())) == 5
+
+
+def test_an_earlier_run_is_not_overwritten_without_force(tmp_path):
+    config = write(tmp_path, FEDERATED)
+    assert cyfed_cli("train", config, "-o", tmp_path / "out").returncode == 0
+    again = cyfed_cli("train", config, "-o", tmp_path / "out")
+    assert again.returncode == 2 and "--force" in again.stderr
+    assert cyfed_cli("train", config, "-o", tmp_path / "out", "--force").returncode == 0
+
+
+def test_distributed_train_on_a_csv_file(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((200, 3))
+    y = X @ np.array([1.0, -2.0, 0.5]) + 0.3
+    np.savetxt(tmp_path / "data.csv", np.column_stack([X, y]), delimiter=",",
+               header="a,b,c,target", comments="")
+    write(tmp_path, """
+        mode = "distributed"
+        [data]
+        path = "data.csv"
+        label = "target"
+        [trainer]
+        lr = 0.2
+        max_iter = 300
+    """)
+    proc = cyfed_cli("train", "run.toml", "--quiet", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    model = load_model(tmp_path / "run" / "model.npz")
+    np.testing.assert_allclose(model["coef"], [1.0, -2.0, 0.5], atol=1e-6)
+    assert abs(float(model["intercept"]) - 0.3) < 1e-6
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "trainer.lrr=1"], "did you mean 'lr'"),
+    (["--set", "data.builtin=\"nope\""], "nope"),
+])
+def test_errors_are_one_line_and_exit_2(tmp_path, args, message):
+    proc = cyfed_cli("train", write(tmp_path, FEDERATED), "-o", tmp_path / "o", *args)
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(MPIEXEC is None, reason="needs mpiexec")
+def test_train_under_mpiexec_matches_one_process(tmp_path):
+    config = write(tmp_path, FEDERATED)
+    serial = cyfed_cli("train", config, "-o", tmp_path / "one", "--quiet")
+    spread = cyfed_cli("train", config, "-o", tmp_path / "two", "--quiet", n_ranks=2)
+    assert serial.returncode == 0 and spread.returncode == 0, spread.stderr
+    one, two = load_model(tmp_path / "one" / "model.npz"), load_model(tmp_path / "two" / "model.npz")
+    np.testing.assert_array_equal(one["coef"], two["coef"])
+    bad = cyfed_cli("train", config, "-o", tmp_path / "x", "--set", "trainer.lrr=1", n_ranks=2)
+    assert bad.returncode != 0 and bad.stderr.count("did you mean") == 1
