@@ -16,4 +16,9 @@ for n in 1 2 3; do
   grep -q "global theta = \[0.73444079 0.18403266\]" <<<"$out"
 done
 run 2 "$here/federated_synthetic.py" --rounds 4 --every 2
+runs=$(mktemp -d)
+timeout 120 mpiexec -n 2 python -m cyfed train "$here/train_fedprox.toml" --quiet \
+  -o "$runs/fedprox" --set trainer.rounds=3
+test -s "$runs/fedprox/model.npz"
+rm -rf "$runs"
 echo "mpi_examples: all passed"

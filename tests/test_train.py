@@ -174,3 +174,25 @@ def test_train_under_mpiexec_matches_one_process(tmp_path):
     np.testing.assert_array_equal(one["coef"], two["coef"])
     bad = cyfed_cli("train", config, "-o", tmp_path / "x", "--set", "trainer.lrr=1", n_ranks=2)
     assert bad.returncode != 0 and bad.stderr.count("did you mean") == 1
+
+
+@pytest.mark.parametrize("n_ranks", [1, 2])
+def test_demo_and_info_run_serially_and_under_mpiexec(n_ranks):
+    if n_ranks > 1 and MPIEXEC is None:
+        pytest.skip("needs mpiexec")
+    demo = cyfed_cli("demo", "--rows", 4000, "--iters", 3, "--rounds", 2, "--shapes", "2000x10",
+                     "--repeat", 1, n_ranks=n_ranks)
+    assert demo.returncode == 0, demo.stderr
+    assert "Seed example" in demo.stdout and "FedProx" in demo.stdout
+    assert demo.stdout.count("Seed example") == 1                  # rank 0 prints
+    info = cyfed_cli("info", n_ranks=n_ranks)
+    config = json.loads(info.stdout)
+    assert info.returncode == 0 and config["cyfed"] == cyfed.__version__
+    assert ("mpi" in config) == (n_ranks > 1)
+
+
+@pytest.mark.parametrize("command", ["demo", "info", "train", "plot", "partition", "evaluate",
+                                     "predict"])
+def test_every_subcommand_has_help(command):
+    proc = cyfed_cli(command, "--help")
+    assert proc.returncode == 0 and "usage: cyfed" in proc.stdout

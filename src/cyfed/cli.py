@@ -14,6 +14,7 @@ predict    a model file's predictions for a data file, written as .csv or .npy.
 Usage errors exit with status 2.
 """
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ import numpy as np
 
 import cyfed
 from cyfed import commands, train_command
-from cyfed.comm import get_comm
+from cyfed.comm import get_comm, launched_by_mpi
 from cyfed.data import make_fedprox_synthetic, split_devices
 from cyfed.distributed import DistributedGD
 from cyfed.federated import FederatedTrainer
@@ -135,7 +136,16 @@ def demo(args):
 
 
 def info(args):
-    cyfed.show_config()
+    """show_config(), plus the MPI library and job size when launched by mpiexec."""
+    config = cyfed.show_config("dicts")
+    comm = get_comm()
+    if launched_by_mpi():
+        from mpi4py import MPI
+        config["mpi"] = {"library": MPI.Get_library_version().strip().splitlines()[0],
+                         "vendor": "%s %d.%d.%d" % (MPI.get_vendor()[0], *MPI.get_vendor()[1]),
+                         "size": comm.size}
+    if comm.rank == 0:
+        print(json.dumps(config, indent=2))
     return 0
 
 
