@@ -327,3 +327,20 @@ def test_evaluate_error_on_one_rank_ends_every_rank(files, tmp_path):
     line = one_line_error(run_cli("evaluate", files["logistic.model"], data, "--label", 0,
                                   mpi=2), "evaluate")
     assert line.startswith("cyfed evaluate: rank 1: ") and "labels 0 or 1" in line
+
+
+@needs_mpi
+def test_partition_and_predict_under_mpiexec_equal_serial(files, tmp_path):
+    pytest.importorskip("mpi4py")
+    for mpi, name in ((0, "one"), (2, "two")):
+        assert run_cli("partition", files["softmax.csv"], "--clients", 4, "--method", "iid",
+                       "--label", 0, "-o", tmp_path / name, mpi=mpi).returncode == 0
+        assert run_cli("predict", files["softmax.model"], files["softmax.csv"], "--label", 0,
+                       "-o", tmp_path / f"{name}.npy", mpi=mpi).returncode == 0
+    for i in range(4):
+        a, b = (np.load(tmp_path / n / f"client_00{i}.npz") for n in ("one", "two"))
+        np.testing.assert_array_equal(a["X"], b["X"])
+    np.testing.assert_array_equal(np.load(tmp_path / "one.npy"), np.load(tmp_path / "two.npy"))
+    again = run_cli("predict", files["softmax.model"], files["softmax.csv"], "--label", 0,
+                    "-o", tmp_path / "two.npy", mpi=2)
+    assert again.returncode == 2 and again.stderr.count("--force") == 1

@@ -4,7 +4,7 @@ partition  split one data file into per-client files (`cyfed.io.save_clients`).
 evaluate   a model file's loss and accuracy (logistic/softmax) or MSE and R²
            (squared) on a data file; under mpiexec each rank reads its own rows.
 predict    a model's predictions or class probabilities for every row of a data
-           file, written as .csv or .npy (one process; refused under mpiexec).
+           file, written as .csv or .npy (rank 0 writes under mpiexec).
 
 Input errors (missing or malformed files, a model/data feature mismatch, an
 existing output without --force) print one line ``cyfed CMD: message`` on
@@ -75,10 +75,9 @@ def _agree(comm, fn):
     raise CommandError(message, status)
 
 
-def _serial(comm, name):
-    """Refuse to run `name` on more than one rank."""
-    if comm.size > 1:
-        raise CommandError(f"{name} runs in one process; start it without mpiexec")
+def _on_rank0(comm, fn):
+    """fn() on rank 0 only (file output); its failure is raised on every rank."""
+    return _agree(comm, lambda: fn() if comm.rank == 0 else None)
 
 
 def _check_features(model, X, args):
@@ -92,16 +91,21 @@ def _check_features(model, X, args):
 # -- partition -----------------------------------------------------------------------------
 
 def partition(args, comm):
-    """Split DATA into --clients client files in DIR; print one summary line."""
-    _serial(comm, "partition")
-    clients = io.load_clients(args.data, partition=args.method, n_clients=args.clients,
-                              seed=args.seed, alpha=args.alpha, label=args.label,
-                              dtype=args.dtype)
-    try:
-        io.save_clients(clients, args.output, args.format, force=args.force)
-    except FileExistsError as exc:        # io names the keyword argument, not the option
-        raise CommandError(str(exc).replace("force=True", "--force")) from None
-    print(_partition_summary(clients, args.output))
+    """Split DATA into --clients client files in DIR; print one summary line (rank 0
+    does the work; under mpiexec the other ranks wait for it)."""
+    def split():
+        clients = io.load_clients(args.data, partition=args.method, n_clients=args.clients,
+                                  seed=args.seed, alpha=args.alpha, label=args.label,
+                                  dtype=args.dtype)
+        try:
+            io.save_clients(clients, args.output, args.format, force=args.force)
+        except FileExistsError as exc:    # io names the keyword argument, not the option
+            raise CommandError(str(exc).replace("force=True", "--force")) from None
+        return _partition_summary(clients, args.output)
+
+    summary = _on_rank0(comm, split)
+    if comm.rank == 0:
+        print(summary)
     return 0
 
 
@@ -169,17 +173,20 @@ def _metrics_line(metrics):
 # -- predict -------------------------------------------------------------------------------
 
 def predict(args, comm):
-    """Write MODEL's predictions (or --proba probabilities) for every row of DATA to OUT."""
-    _serial(comm, "predict")
-    out = _prediction_path(args.output, args.force)
-    model = load_model(args.model)
-    if args.proba and model["loss"] == "squared":
-        raise CommandError(f"--proba needs a logistic or softmax model; {args.model} is "
-                           "a squared-loss model")
-    X, _ = io.load(args.data, label=args.label, dtype=args.dtype)
-    _check_features(model, X, args)
-    fn = gradients.predict_proba if args.proba else gradients.predict
-    _write_predictions(out, fn(model["loss"], X, model["coef"], model["intercept"]))
+    """Write MODEL's predictions (or --proba probabilities) for every row of DATA to OUT
+    (rank 0 does the work; under mpiexec the other ranks wait for it)."""
+    def write():
+        out = _prediction_path(args.output, args.force)
+        model = load_model(args.model)
+        if args.proba and model["loss"] == "squared":
+            raise CommandError(f"--proba needs a logistic or softmax model; {args.model} is "
+                               "a squared-loss model")
+        X, _ = io.load(args.data, label=args.label, dtype=args.dtype)
+        _check_features(model, X, args)
+        fn = gradients.predict_proba if args.proba else gradients.predict
+        _write_predictions(out, fn(model["loss"], X, model["coef"], model["intercept"]))
+
+    _on_rank0(comm, write)
     return 0
 
 
@@ -269,7 +276,7 @@ def _add_predict(sub):
     p = sub.add_parser("predict", help="write a model's predictions for a data file",
                        description="Write MODEL's prediction for every row of DATA (its "
                        "label column is ignored): targets (squared), class labels, or with "
-                       "--proba class probabilities. Runs in one process.")
+                       "--proba class probabilities. Under mpiexec rank 0 writes OUT.")
     p.add_argument("model", metavar="MODEL", help="model file (.npz written by cyfed)")
     p.add_argument("data", metavar="DATA", help=".npy, .npz, CSV or LIBSVM data file")
     _data_options(p)
