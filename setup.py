@@ -12,11 +12,13 @@ Environment switches:
 Compiler flags are probed, so a compiler without OpenMP or without -march=x86-64-vN
 still builds (without threads, or without that SIMD level).
 """
+import json
 import os
 import platform
 import shutil
 import subprocess
 import tempfile
+from pathlib import Path
 
 import numpy as np
 from Cython.Build import cythonize
@@ -134,6 +136,23 @@ class BuildExt(build_ext):
         print(f"cyfed: OpenMP {'on' if openmp else 'off'}; SIMD builds: "
               + ", ".join(["baseline"] + [s.strip("_") for s, f in simd_flags.items() if f]))
         super().build_extensions()
+        self.record_flags(kept)
+
+    def record_flags(self, extensions):
+        """Write the compiler and each module's flags next to the modules, for
+        `cyfed info` (cyfed._config.show_config)."""
+        compiler = getattr(self.compiler, "compiler_so", [self.compiler.compiler_type])
+        flags = {ext.name.rsplit(".", 1)[-1]: ext.extra_compile_args for ext in extensions}
+        self.flags_file = Path(self.get_ext_fullpath(extensions[0].name)).parent \
+            / "_build_flags.json"
+        self.flags_file.write_text(json.dumps({"compiler": compiler[0], "modules": flags},
+                                              indent=1))
+
+    def copy_extensions_to_source(self):
+        """--inplace: the flags file goes along with the modules."""
+        super().copy_extensions_to_source()
+        package = Path(self.get_finalized_command("build_py").get_package_dir("cyfed"))
+        shutil.copyfile(self.flags_file, package / self.flags_file.name)
 
 
 setup(ext_modules=cythonized_extensions(), cmdclass={"build_ext": BuildExt})

@@ -1,4 +1,5 @@
 """Build and runtime configuration report (numpy.show_config style)."""
+import importlib.resources
 import importlib.util
 import json
 import platform
@@ -8,12 +9,18 @@ import numpy as np
 from cyfed import _simd
 
 
+def _build_flags():
+    """The compiler and flags each module was built with (written by setup.py)."""
+    path = importlib.resources.files("cyfed") / "_build_flags.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def show_config(mode="stdout"):
     """Print (mode="stdout") or return (mode="dicts") how cyfed is built and runs.
 
     Includes the SIMD build picked for this CPU (override: CYFED_SIMD), the
-    builds installed, OpenMP and its default thread count, and whether mpi4py
-    is importable.
+    builds installed, OpenMP and its default thread count, whether mpi4py is
+    importable, and the compiler and flags of every compiled module.
     """
     from cyfed import __version__, gradients
 
@@ -29,6 +36,7 @@ def show_config(mode="stdout"):
         "numpy": np.__version__,
         "machine": platform.machine(),
         "mpi4py": importlib.util.find_spec("mpi4py") is not None,
+        "build": _build_flags(),
     }
     if mode == "dicts":
         return info
