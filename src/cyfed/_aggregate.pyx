@@ -9,10 +9,9 @@ min/max would hide them, returns whether every value it read was finite.
 from cython cimport floating
 from cython.parallel cimport prange
 
-from cyfed._vector_math cimport (add_row, add_rows4, all_finite, cyfed_divide_all_finite,
-                                 cyfed_prefetch_l2, cyfed_thread_id, load_tile,
+from cyfed._vector_math cimport (all_finite, cyfed_prefetch_l2, cyfed_thread_id, load_tile,
                                  mean_of_rows, network_lanes, run_network, sort_groups, sq_dist,
-                                 sq_dist_to)
+                                 sq_dist_to, weighted_block)
 
 import numpy as np
 
@@ -29,26 +28,14 @@ def weighted_sum(const floating[:, ::1] updates, const double[::1] weights, doub
                  double[::1] out, int n_threads):
     """out = (sum_i weights[i] * updates[i, :]) / divisor, rows added in order, float64.
     Returns 1 if every output is finite (checked per block while it is in cache)."""
-    cdef Py_ssize_t K = updates.shape[0], d = updates.shape[1], blk, i, j0, n
+    cdef Py_ssize_t K = updates.shape[0], d = updates.shape[1], blk, j0
     cdef const floating *U = &updates[0, 0]
-    cdef const double *w = &weights[0]
-    cdef double *o = &out[0]
     cdef int nt = max(1, min(n_threads, n_blocks(d)))
     cdef int[::1] finite = np.ones(n_blocks(d), dtype=np.intc)
     for blk in prange(n_blocks(d), nogil=True, num_threads=nt, schedule="static"):
         j0 = blk * BLOCK
-        n = min(BLOCK, d - j0)
-        for i in range(n):
-            o[j0 + i] = 0
-        i = 0
-        while i + 4 <= K:
-            add_rows4(o + j0, U + i * d + j0, U + (i + 1) * d + j0, U + (i + 2) * d + j0,
-                      U + (i + 3) * d + j0, w + i, n)
-            i = i + 4
-        while i < K:
-            add_row(o + j0, U + i * d + j0, w[i], n)
-            i = i + 1
-        finite[blk] = cyfed_divide_all_finite(o + j0, divisor, n)
+        finite[blk] = weighted_block(&out[j0], U + j0, K, d, &weights[0], divisor,
+                                     min(BLOCK, d - j0))
     return int(min(finite))
 
 

@@ -216,21 +216,6 @@ static inline void cyfed_prefetch_l2(const void *p, Py_ssize_t nbytes)
 #endif
 }
 
-/* x[j] /= divisor (float64 accumulators of the aggregation sums); returns 1 if every
- * result is finite. */
-static inline int cyfed_divide_all_finite(double *CYFED_RESTRICT x, double divisor,
-                                          Py_ssize_t n)
-{
-    double bad = 0.0;
-    CYFED_PRAGMA(omp simd reduction(+:bad))
-    for (Py_ssize_t j = 0; j < n; ++j) {
-        const double v = x[j] / divisor;
-        x[j] = v;
-        bad += v - v;
-    }
-    return bad == 0.0;
-}
-
 /* Type-generic loops: instantiated for double and float. */
 #define CYFED_T double
 #define CYFED_S d

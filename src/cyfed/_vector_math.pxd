@@ -51,13 +51,10 @@ cdef extern from "_vector_math.h" nogil:
     void cyfed_ger4_vec_f(float*, const float**, int, const float*, Py_ssize_t,
                           Py_ssize_t, int)
     int cyfed_thread_id()
-    int cyfed_divide_all_finite(double*, double, Py_ssize_t)
-    void cyfed_add_rows4_d(double*, const double*, const double*, const double*, const double*,
-                           double, double, double, double, Py_ssize_t)
-    void cyfed_add_rows4_f(double*, const float*, const float*, const float*, const float*,
-                           double, double, double, double, Py_ssize_t)
-    void cyfed_add_row_d(double*, const double*, double, Py_ssize_t)
-    void cyfed_add_row_f(double*, const float*, double, Py_ssize_t)
+    int cyfed_weighted_block_d(double*, const double*, Py_ssize_t, Py_ssize_t, const double*,
+                               double, Py_ssize_t)
+    int cyfed_weighted_block_f(double*, const float*, Py_ssize_t, Py_ssize_t, const double*,
+                               double, Py_ssize_t)
     double cyfed_sq_dist_to_d(const double*, const double*, Py_ssize_t)
     double cyfed_sq_dist_to_f(const float*, const double*, Py_ssize_t)
     double cyfed_sq_dist_d(const double*, const double*, Py_ssize_t)
@@ -216,20 +213,13 @@ cdef inline Py_ssize_t network_lanes(const floating *type_tag) noexcept nogil:
     return CYFED_NET_BYTES // sizeof(floating)
 
 
-cdef inline void add_rows4(double *out, const floating *x0, const floating *x1,
-                           const floating *x2, const floating *x3, const double *w,
-                           Py_ssize_t n) noexcept nogil:
+cdef inline int weighted_block(double *out, const floating *U, Py_ssize_t K, Py_ssize_t d,
+                               const double *w, double divisor, Py_ssize_t n) noexcept nogil:
+    """out[0..n) = (sum_i w_i U[i, 0..n)) / divisor (U: K rows of stride d); 1 if finite."""
     if floating is double:
-        cyfed_add_rows4_d(out, x0, x1, x2, x3, w[0], w[1], w[2], w[3], n)
+        return cyfed_weighted_block_d(out, U, K, d, w, divisor, n)
     else:
-        cyfed_add_rows4_f(out, x0, x1, x2, x3, w[0], w[1], w[2], w[3], n)
-
-
-cdef inline void add_row(double *out, const floating *x, double w, Py_ssize_t n) noexcept nogil:
-    if floating is double:
-        cyfed_add_row_d(out, x, w, n)
-    else:
-        cyfed_add_row_f(out, x, w, n)
+        return cyfed_weighted_block_f(out, U, K, d, w, divisor, n)
 
 
 cdef inline double sq_dist_to(const floating *x, const double *v, Py_ssize_t n) noexcept nogil:

@@ -482,28 +482,56 @@ static void CYFED_FN(ger4_vec)(CYFED_T *G, const CYFED_T *const *x, int nr, cons
 #endif
 
 /*
- * Aggregation over client rows (the server side).  Sums run over rows in the
- * order given, into float64 accumulators: out = (((out + w0 x0) + w1 x1) + ...),
- * the same bits whether rows come one at a time or four at a time.
+ * Aggregation over client rows (the server side): one block of n coordinates of
+ * out = (sum_i w_i x_i) / divisor, float64, rows added in order four at a time,
+ * (((w0 x0 + w1 x1) + w2 x2) + w3 x3) + ..., so the same bits for any blocking.
+ * The first group writes out (no zeroing pass), the last one divides and checks
+ * finiteness while the block is in cache: one pass over each row and the block.
  */
-static inline void CYFED_FN(add_rows4)(double *CYFED_RESTRICT out,
-                                       const CYFED_T *CYFED_RESTRICT x0,
-                                       const CYFED_T *CYFED_RESTRICT x1,
-                                       const CYFED_T *CYFED_RESTRICT x2,
-                                       const CYFED_T *CYFED_RESTRICT x3,
-                                       double w0, double w1, double w2, double w3, Py_ssize_t n)
+static CYFED_INLINE double CYFED_FN(weighted_group)(double *CYFED_RESTRICT out,
+        const CYFED_T *CYFED_RESTRICT x0, const CYFED_T *CYFED_RESTRICT x1,
+        const CYFED_T *CYFED_RESTRICT x2, const CYFED_T *CYFED_RESTRICT x3,
+        const double *w, Py_ssize_t n, int first, int last, double divisor)
 {
-    CYFED_PRAGMA(omp simd)
-    for (Py_ssize_t j = 0; j < n; ++j)
-        out[j] = (((out[j] + w0 * x0[j]) + w1 * x1[j]) + w2 * x2[j]) + w3 * x3[j];
+    const double w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3];
+    double bad = 0.0;
+    CYFED_PRAGMA(omp simd reduction(+:bad))
+    for (Py_ssize_t j = 0; j < n; ++j) {
+        double v = first ? w0 * x0[j] : out[j] + w0 * x0[j];
+        v = ((v + w1 * x1[j]) + w2 * x2[j]) + w3 * x3[j];
+        if (last) {
+            v = v / divisor;
+            bad += v - v;
+        }
+        out[j] = v;
+    }
+    return bad;
 }
 
-static inline void CYFED_FN(add_row)(double *CYFED_RESTRICT out, const CYFED_T *CYFED_RESTRICT x,
-                                     double w, Py_ssize_t n)
+static int CYFED_FN(weighted_block)(double *CYFED_RESTRICT out, const CYFED_T *U,
+                                    Py_ssize_t K, Py_ssize_t d, const double *w,
+                                    double divisor, Py_ssize_t n)
 {
-    CYFED_PRAGMA(omp simd)
-    for (Py_ssize_t j = 0; j < n; ++j)
-        out[j] += w * x[j];
+    double bad = 0.0;
+    for (Py_ssize_t i = 0; i < K; i += 4) {
+        const Py_ssize_t r = K - i < 4 ? K - i : 4;
+        const CYFED_T *x[4];
+        double wg[4];
+        for (Py_ssize_t u = 0; u < 4; ++u) {          /* missing rows: weight 0 on row i */
+            x[u] = U + (u < r ? i + u : i) * d;
+            wg[u] = u < r ? w[i + u] : 0.0;
+        }
+        const int first = i == 0, last = i + 4 >= K;
+        if (first && last)
+            bad += CYFED_FN(weighted_group)(out, x[0], x[1], x[2], x[3], wg, n, 1, 1, divisor);
+        else if (first)
+            bad += CYFED_FN(weighted_group)(out, x[0], x[1], x[2], x[3], wg, n, 1, 0, divisor);
+        else if (last)
+            bad += CYFED_FN(weighted_group)(out, x[0], x[1], x[2], x[3], wg, n, 0, 1, divisor);
+        else
+            bad += CYFED_FN(weighted_group)(out, x[0], x[1], x[2], x[3], wg, n, 0, 0, divisor);
+    }
+    return bad == 0.0;
 }
 
 /* sum_j (x[j] - v[j])^2 in float64 (v is float64: the centre of Weiszfeld, clipping). */
