@@ -17,8 +17,8 @@ for n in 1 2 3; do
 done
 run 2 "$here/federated_synthetic.py" --rounds 4 --every 2
 runs=$(mktemp -d)
-timeout 120 mpiexec -n 2 python -m cyfed train "$here/train_fedprox.toml" --quiet \
-  -o "$runs/fedprox" --set trainer.rounds=3
-test -s "$runs/fedprox/model.npz"
+timeout 120 mpiexec -n 2 python -m cyfed train --config "$here/train_fedprox.toml" --quiet \
+  -o "$runs/fedprox.npz" --set trainer.rounds=3
+test -s "$runs/fedprox.npz"
 rm -rf "$runs"
 echo "mpi_examples: all passed"

@@ -69,7 +69,7 @@ def test_overrides_beat_the_file_and_build_nested_strategies(tmp_path):
     ("strategy.name=\"FedAdma\"", "did you mean 'FedAdam'"),
     ("strategy.etta=1", "did you mean 'eta'"),
     ("dat.path=\"x\"", "did you mean 'data'"),
-    ("output.dirr=\"x\"", "did you mean 'dir'"),
+    ("output.modle=\"x\"", "did you mean 'model'"),
     ("mode=\"fedrated\"", "mode must be one of"),
     ("strategy.eta=-1", "eta must be"),
     ("trainer.max_iter=3", "unknown key 'max_iter'.*valid: batch_size"),   # DistributedGD's
@@ -98,13 +98,15 @@ def test_missing_and_malformed_config_files(tmp_path):
 # -- the command end to end -------------------------------------------------------------------
 
 def test_federated_train_writes_model_history_and_checkpoint(tmp_path):
-    proc = cyfed_cli("train", write(tmp_path, FEDERATED), "-o", tmp_path / "out")
+    proc = cyfed_cli("train", "--config", write(tmp_path, FEDERATED), "-o",
+                     tmp_path / "out" / "m.npz")
     assert proc.returncode == 0, proc.stderr
     out = tmp_path / "out"
-    history = json.loads((out / "history.json").read_text())
+    history = json.loads((out / "m.history.json").read_text())
     assert [h["round"] for h in history] == [0, 1, 2] and "test_accuracy" in history[-1]
-    assert (out / "history.csv").read_text().startswith("round,")
-    model = load_model(out / "model.npz")
+    assert (out / "m.history.csv").read_text().startswith("round,")
+    assert (out / "m.checkpoint.npz").exists() and (out / "m.config.json").exists()
+    model = load_model(out / "m.npz")
     assert model["loss"] == "softmax" and model["coef"].shape == (60, 10)
     assert model["metadata"]["metrics"]["round"] == 2
     assert "model in" in proc.stdout
@@ -112,43 +114,37 @@ def test_federated_train_writes_model_history_and_checkpoint(tmp_path):
 
 def test_resume_continues_to_the_same_bits(tmp_path):
     config = write(tmp_path, FEDERATED)
-    assert cyfed_cli("train", config, "-o", tmp_path / "a", "--set",
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+    assert cyfed_cli("train", "--config", config, "-o", a, "--set",
                      "trainer.rounds=5").returncode == 0
-    assert cyfed_cli("train", config, "-o", tmp_path / "b").returncode == 0
-    resumed = cyfed_cli("train", config, "-o", tmp_path / "b", "--resume", "--set",
+    assert cyfed_cli("train", "--config", config, "-o", b).returncode == 0
+    resumed = cyfed_cli("train", "--config", config, "-o", b, "--resume", "--set",
                         "trainer.rounds=5")
     assert resumed.returncode == 0, resumed.stderr
-    a, b = load_model(tmp_path / "a" / "model.npz"), load_model(tmp_path / "b" / "model.npz")
-    np.testing.assert_array_equal(a["coef"], b["coef"])
-    assert len(json.loads((tmp_path / "b" / "history.json").read_text())) == 5
+    np.testing.assert_array_equal(load_model(a)["coef"], load_model(b)["coef"])
+    assert len(json.loads((tmp_path / "b.history.json").read_text())) == 5
 
 
 def test_an_earlier_run_is_not_overwritten_without_force(tmp_path):
     config = write(tmp_path, FEDERATED)
-    assert cyfed_cli("train", config, "-o", tmp_path / "out").returncode == 0
-    again = cyfed_cli("train", config, "-o", tmp_path / "out")
+    out = tmp_path / "out" / "m.npz"
+    assert cyfed_cli("train", "--config", config, "-o", out).returncode == 0
+    again = cyfed_cli("train", "--config", config, "-o", out)
     assert again.returncode == 2 and "--force" in again.stderr
-    assert cyfed_cli("train", config, "-o", tmp_path / "out", "--force").returncode == 0
+    assert cyfed_cli("train", "--config", config, "-o", out, "--force").returncode == 0
 
 
-def test_distributed_train_on_a_csv_file(tmp_path):
+def test_distributed_train_on_a_csv_file_from_flags_alone(tmp_path):
     rng = np.random.default_rng(0)
     X = rng.standard_normal((200, 3))
     y = X @ np.array([1.0, -2.0, 0.5]) + 0.3
     np.savetxt(tmp_path / "data.csv", np.column_stack([X, y]), delimiter=",",
                header="a,b,c,target", comments="")
-    write(tmp_path, """
-        mode = "distributed"
-        [data]
-        path = "data.csv"
-        label = "target"
-        [trainer]
-        lr = 0.2
-        max_iter = 300
-    """)
-    proc = cyfed_cli("train", "run.toml", "--quiet", cwd=tmp_path)
+    proc = cyfed_cli("train", "--mode", "distributed", "--loss", "squared", "--data",
+                     "data.csv", "--label", "target", "--set", "trainer.lr=0.2", "--set",
+                     "trainer.max_iter=300", "--quiet", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    model = load_model(tmp_path / "run" / "model.npz")
+    model = load_model(tmp_path / "model.npz")
     np.testing.assert_allclose(model["coef"], [1.0, -2.0, 0.5], atol=1e-6)
     assert abs(float(model["intercept"]) - 0.3) < 1e-6
 
@@ -158,7 +154,8 @@ def test_distributed_train_on_a_csv_file(tmp_path):
     (["--set", "data.builtin=\"nope\""], "nope"),
 ])
 def test_errors_are_one_line_and_exit_2(tmp_path, args, message):
-    proc = cyfed_cli("train", write(tmp_path, FEDERATED), "-o", tmp_path / "o", *args)
+    proc = cyfed_cli("train", "--config", write(tmp_path, FEDERATED), "-o", tmp_path / "o.npz",
+                     *args)
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
@@ -167,12 +164,13 @@ def test_errors_are_one_line_and_exit_2(tmp_path, args, message):
 @pytest.mark.skipif(MPIEXEC is None, reason="needs mpiexec")
 def test_train_under_mpiexec_matches_one_process(tmp_path):
     config = write(tmp_path, FEDERATED)
-    serial = cyfed_cli("train", config, "-o", tmp_path / "one", "--quiet")
-    spread = cyfed_cli("train", config, "-o", tmp_path / "two", "--quiet", n_ranks=2)
+    one, two = tmp_path / "one.npz", tmp_path / "two.npz"
+    serial = cyfed_cli("train", "--config", config, "-o", one, "--quiet")
+    spread = cyfed_cli("train", "--config", config, "-o", two, "--quiet", n_ranks=2)
     assert serial.returncode == 0 and spread.returncode == 0, spread.stderr
-    one, two = load_model(tmp_path / "one" / "model.npz"), load_model(tmp_path / "two" / "model.npz")
-    np.testing.assert_array_equal(one["coef"], two["coef"])
-    bad = cyfed_cli("train", config, "-o", tmp_path / "x", "--set", "trainer.lrr=1", n_ranks=2)
+    np.testing.assert_array_equal(load_model(one)["coef"], load_model(two)["coef"])
+    bad = cyfed_cli("train", "--config", config, "-o", tmp_path / "x.npz", "--set",
+                    "trainer.lrr=1", n_ranks=2)
     assert bad.returncode != 0 and bad.stderr.count("did you mean") == 1
 
 

@@ -20,7 +20,7 @@ Layout (every table optional except what the mode needs)::
     mu = 1.0
     [attack]                         # optional: name = "SignFlip", clients = [0, 1], ...
     [output]
-    dir = "runs/demo"
+    model = "runs/demo/model.npz"    # history, config and checkpoint go beside it
     checkpoint_every = 5
 
 Overrides are ``section.key=value`` with a TOML value (``trainer.lr=0.1``,
@@ -42,7 +42,7 @@ from cyfed.federated import FederatedTrainer
 TOP = {"mode", "loss", "data", "trainer", "strategy", "attack", "output"}
 DATA = {"path", "builtin", "label", "dtype", "delimiter", "header", "partition", "n_clients",
         "alpha", "seed", "test", "test_fraction", "max_bytes"}
-OUTPUT = {"dir", "checkpoint_every"}
+OUTPUT = {"model", "checkpoint_every"}
 NOT_FROM_CONFIG = {"comm", "checkpoint", "resume", "attack", "strategy", "loss"}
 MODES = {"federated": FederatedTrainer, "distributed": DistributedGD}
 
@@ -81,10 +81,12 @@ def parse_override(text):
 
 
 def load(path, overrides=()):
-    """The validated configuration dict of a TOML file plus overrides."""
+    """The validated configuration dict of a TOML file (None: none) plus overrides."""
     try:
-        with open(path, "rb") as fh:
-            config = tomllib.load(fh)
+        config = {}
+        if path is not None:
+            with open(path, "rb") as fh:
+                config = tomllib.load(fh)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except OSError as exc:
@@ -103,7 +105,7 @@ def load(path, overrides=()):
 
 
 def validate(config):
-    """Check every key; fill defaults (mode federated, loss squared, output dir 'run')."""
+    """Check every key; fill defaults (mode federated, loss squared)."""
     _check_keys(config, TOP, "the config")
     config.setdefault("mode", "federated")
     config.setdefault("loss", "squared")

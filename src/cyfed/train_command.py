@@ -1,12 +1,16 @@
-"""``cyfed train CONFIG``: a distributed or federated run from a TOML config file.
+"""``cyfed train``: a distributed or federated run from flags and/or a TOML config file.
 
-Every rank reads the config and its data; rank 0 writes into the output directory
-``config.json`` (the resolved config), ``history.json`` and ``history.csv``
-(rewritten after every round or iteration, so an interrupted run keeps its
-metrics), ``checkpoint.npz`` (every ``output.checkpoint_every`` steps; ``--resume``
-continues from it bit-identical) and ``model.npz`` (the final model with its
-config and metrics, for ``cyfed evaluate`` / ``cyfed predict``).  Exit status:
-0 done, 1 training failed, 2 bad config, data or output directory.
+    cyfed train --mode federated --loss softmax --data DATA [--label COL]
+                [--config FILE] [--set section.key=value ...] [--out MODEL.npz]
+
+Flags override the config file, ``--set`` overrides both.  Every rank reads the
+config and its data; rank 0 writes MODEL.npz (the final model with its config
+and metrics, for ``cyfed evaluate`` / ``cyfed predict``) and beside it
+MODEL.config.json (the resolved config), MODEL.history.json and .csv (rewritten
+after every round or iteration, so an interrupted run keeps its metrics) and
+MODEL.checkpoint.npz (every ``output.checkpoint_every`` steps; ``--resume``
+continues from it bit-identical).  Exit status: 0 done, 1 training failed,
+2 bad config, data or output.
 """
 import json
 import logging
@@ -23,17 +27,26 @@ from cyfed.federated import write_history
 from cyfed.progress import ProgressBar, setup_logging
 
 log = logging.getLogger("cyfed.train")
-OUTPUTS = ("model.npz", "checkpoint.npz", "history.json")
+SIDE_FILES = {"config": ".config.json", "history": ".history.json",
+              "history_csv": ".history.csv", "checkpoint": ".checkpoint.npz"}
 
 
 def register(sub):
-    p = sub.add_parser("train", help="train from a TOML config (federated or distributed)",
-                       description=__doc__.split("\n\n")[1].replace("\n", " "))
-    p.add_argument("config", help="TOML file (see cyfed.config for the layout)")
+    p = sub.add_parser("train", help="federated or distributed training (flags, TOML config)",
+                       description=__doc__.split("\n\n")[2].replace("\n", " "))
+    p.add_argument("--config", metavar="FILE", help="TOML file (layout: cyfed.config)")
+    p.add_argument("--mode", choices=sorted(cfg.MODES), help="default: federated")
+    p.add_argument("--loss", choices=("squared", "logistic", "softmax"),
+                   help="default: squared")
+    p.add_argument("--data", metavar="PATH",
+                   help="data file or directory of client files ([data] path)")
+    p.add_argument("--label", metavar="COLUMN", help="label column: index or name")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value (TOML syntax), e.g. --set trainer.lr=0.1")
-    p.add_argument("-o", "--out", help="output directory (default: [output] dir, or 'run')")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
+    p.add_argument("-o", "--out", metavar="MODEL.npz",
+                   help="model file (default: [output] model, or model.npz); the history, "
+                   "config and checkpoint go beside it")
+    p.add_argument("--resume", action="store_true", help="continue from MODEL.checkpoint.npz")
     p.add_argument("--force", action="store_true", help="overwrite an earlier run in OUT")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
@@ -46,13 +59,28 @@ def _fail(comm, message, status):
     return status
 
 
-def _output_dir(args, config):
-    out = Path(args.out or config["output"].get("dir", "run"))
-    existing = [name for name in OUTPUTS if (out / name).exists()]
+def _flag_overrides(args):
+    """--mode/--loss/--data/--label as config overrides (before --set ones)."""
+    label = args.label
+    if label is not None and not label.lstrip("-").isdigit():
+        label = json.dumps(label)
+    pairs = [("mode", args.mode and json.dumps(args.mode)),
+             ("loss", args.loss and json.dumps(args.loss)),
+             ("data.path", args.data and json.dumps(args.data)), ("data.label", label)]
+    return [f"{key}={value}" for key, value in pairs if value is not None]
+
+
+def _outputs(args, config):
+    """{model, config, history, history_csv, checkpoint}: MODEL.npz and its side files."""
+    model = Path(args.out or config["output"].get("model", "model.npz"))
+    if model.suffix != ".npz":
+        raise cfg.ConfigError(f"the model file must end in .npz, got {model}")
+    paths = {"model": model, **{k: model.with_suffix(v) for k, v in SIDE_FILES.items()}}
+    existing = [p for k, p in paths.items() if k in ("model", "checkpoint") and p.exists()]
     if existing and not (args.force or args.resume):
-        raise cfg.ConfigError(f"{out} already holds {existing[0]} of an earlier run; pass "
-                              "--resume to continue it or --force to overwrite it")
-    return out
+        raise cfg.ConfigError(f"{existing[0]} of an earlier run exists; pass --resume to "
+                              "continue it or --force to overwrite it")
+    return paths
 
 
 def _arrays(data):
@@ -86,8 +114,7 @@ def _clients(data):
 
 def _trainer(config, comm, out, resume):
     trainer_cls = cfg.MODES[config["mode"]]
-    kwargs = dict(config["trainer"], comm=comm, checkpoint=out / "checkpoint.npz",
-                  resume=resume)
+    kwargs = dict(config["trainer"], comm=comm, checkpoint=out["checkpoint"], resume=resume)
     if "checkpoint_every" in config["output"]:
         kwargs["checkpoint_every"] = config["output"]["checkpoint_every"]
     if config["mode"] == "distributed":
@@ -98,8 +125,8 @@ def _trainer(config, comm, out, resume):
 
 
 def _setup(args, comm):
-    config = cfg.load(args.config, args.set)
-    out = _output_dir(args, config)
+    config = cfg.load(args.config, _flag_overrides(args) + args.set)
+    out = _outputs(args, config)
     if config["mode"] == "federated":
         data = _clients(config["data"])
     else:
@@ -126,15 +153,15 @@ def train(args):
     except (cfg.ConfigError, ValueError, TypeError, OSError) as exc:
         return _fail(comm, exc, 2)
     if comm.rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(config, indent=1, default=str))
+        out["model"].parent.mkdir(parents=True, exist_ok=True)
+        out["config"].write_text(json.dumps(config, indent=1, default=str))
     bar = ProgressBar(_steps(config, trainer), desc=config["mode"],
                       enabled=False if args.quiet or comm.rank != 0 else None)
 
     def after_step(record):
         if comm.rank == 0:
-            write_history(trainer.history_, out / "history.json")
-            write_history(trainer.history_, out / "history.csv")
+            write_history(trainer.history_, out["history"])
+            write_history(trainer.history_, out["history_csv"])
         bar.update(**_metrics(record))
 
     try:
@@ -149,13 +176,13 @@ def train(args):
         return _fail(comm, f"training failed: {type(exc).__name__}: {exc}", 1)
     if comm.rank == 0:
         last = trainer.history_[-1] if trainer.history_ else {}
-        model_file.save_model(out / "model.npz", loss=config["loss"], coef=trainer.coef_,
+        model_file.save_model(out["model"], loss=config["loss"], coef=trainer.coef_,
                               intercept=trainer.intercept_, force=True,
                               metadata={"config": config, "metrics": last,
                                         "mode": config["mode"], "ranks": comm.size})
         if not args.quiet:
             shown = ", ".join(f"{k} {v:.4g}" for k, v in _metrics(last).items())
             print(f"cyfed {cyfed.__version__} train ({config['mode']}, {comm.size} rank(s)): "
-                  f"{len(trainer.history_)} steps; {shown}; model in {out / 'model.npz'}")
+                  f"{len(trainer.history_)} steps; {shown}; model in {out['model']}")
     return 0
 
