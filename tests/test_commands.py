@@ -344,3 +344,14 @@ def test_partition_and_predict_under_mpiexec_equal_serial(files, tmp_path):
     again = run_cli("predict", files["softmax.model"], files["softmax.csv"], "--label", 0,
                     "-o", tmp_path / "two.npy", mpi=2)
     assert again.returncode == 2 and again.stderr.count("--force") == 1
+
+
+def test_predict_on_unlabelled_features(files, tmp_path):
+    features = tmp_path / "features.csv"
+    np.savetxt(features, X, delimiter=",", header=",".join(f"f{j}" for j in range(X.shape[1])),
+               comments="")
+    out = tmp_path / "p.npy"
+    proc = run_cli("predict", files["softmax.model"], features, "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    coef, intercept = MODELS["softmax"]
+    np.testing.assert_array_equal(np.load(out), gradients.predict("softmax", X, coef, intercept))

@@ -478,3 +478,16 @@ def test_builtin_unknown_name_lists_them():
 def test_import_needs_only_numpy():
     code = "import sys, cyfed.io; assert 'sklearn' not in sys.modules, 'sklearn imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_label_none_reads_every_column_as_a_feature(tmp_path):
+    A = np.arange(12.0).reshape(4, 3)
+    np.save(tmp_path / "a.npy", A)
+    np.savetxt(tmp_path / "a.csv", A, delimiter=",")
+    np.savez(tmp_path / "a.npz", X=A)
+    for name in ("a.npy", "a.csv", "a.npz"):
+        X, y = load(tmp_path / name, label=None)
+        np.testing.assert_array_equal(X, A)
+        assert y is None
+    X, y = load(tmp_path / "a.npy", label=None, rank=1, size=2)
+    np.testing.assert_array_equal(X, A[2:])

@@ -232,11 +232,13 @@ def _label(text):
         return text
 
 
-def _data_options(p):
-    """--label and --dtype, which go to cyfed.io.load."""
-    p.add_argument("--label", type=_label, default=-1, metavar="L",
+def _data_options(p, unlabelled=False):
+    """--label and --dtype, which go to cyfed.io.load (unlabelled: DATA may have no
+    label column, the default)."""
+    p.add_argument("--label", type=_label, default=None if unlabelled else -1, metavar="L",
                    help="label column of a CSV/.npy file: index or header name "
-                   "(default: the last column; ignored for .npz and LIBSVM)")
+                   + ("(default: none, every column is a feature)" if unlabelled else
+                      "(default: the last column)") + "; ignored for .npz and LIBSVM")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float64",
                    help="dtype the data is read as (default: %(default)s)")
 
@@ -274,12 +276,13 @@ def _add_evaluate(sub):
 
 def _add_predict(sub):
     p = sub.add_parser("predict", help="write a model's predictions for a data file",
-                       description="Write MODEL's prediction for every row of DATA (its "
-                       "label column is ignored): targets (squared), class labels, or with "
-                       "--proba class probabilities. Under mpiexec rank 0 writes OUT.")
+                       description="Write MODEL's prediction for every row of DATA (features "
+                       "only, or name the label column to skip with --label): targets "
+                       "(squared), class labels, or with --proba class probabilities. Under "
+                       "mpiexec rank 0 writes OUT.")
     p.add_argument("model", metavar="MODEL", help="model file (.npz written by cyfed)")
     p.add_argument("data", metavar="DATA", help=".npy, .npz, CSV or LIBSVM data file")
-    _data_options(p)
+    _data_options(p, unlabelled=True)
     p.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="predictions to write: .csv (with a header line) or .npy")
     p.add_argument("--proba", action="store_true",

@@ -59,9 +59,11 @@ def load(path, *, label=-1, dtype="float64", delimiter=",", header=None, rank=0,
         .npz: arrays "X" (n, d) and "y" (n,); .csv/.txt: delimited text;
         .svm/.libsvm/.svmlight: ``label index:value ...`` lines, 1-based
         indices in increasing order, ``#`` comments, densified.
-    label : int or str
+    label : int, str or None
         Column of y in a .npy or CSV file (negative counts from the end); a
-        name needs a CSV header.  The other columns are X.
+        name needs a CSV header.  The other columns are X.  None: the file has
+        no label column (X is every column, y is None; an .npz file's "y" and
+        LIBSVM labels are returned when present).
     dtype : "float32" or "float64"
         dtype of X and y.
     delimiter : str or None
@@ -80,14 +82,14 @@ def load(path, *, label=-1, dtype="float64", delimiter=",", header=None, rank=0,
     Returns
     -------
     X : (n_rank, d) C-contiguous array of `dtype`
-    y : (n_rank,) array of `dtype`
+    y : (n_rank,) array of `dtype` (None: label=None and no labels in the file)
     """
     path, dt = _file(path), _dtype(dtype)
     fmt = _format(path)
     if fmt == "npy":
         X, y = _read_npy(path, label, rank, size)
     elif fmt == "npz":
-        X, y = _read_npz(path, rank, size)
+        X, y = _read_npz(path, rank, size, need_y=label is not None)
     elif fmt == "csv":
         X, y = _read_csv(path, label, delimiter, header, rank, size)
     else:
@@ -214,11 +216,12 @@ def _check_xy(path, X, y):
 
 
 def _finish(path, X, y, dt):
-    """X (C-contiguous) and y as real arrays of dtype `dt`."""
+    """X (C-contiguous) and y (or None) as real arrays of dtype `dt`."""
     for name, arr in (("X", X), ("y", y)):
-        if arr.dtype.kind not in "biuf":
+        if arr is not None and arr.dtype.kind not in "biuf":
             raise ValueError(f"{path}: {name} must hold real numbers, got dtype {arr.dtype}")
-    return np.ascontiguousarray(X, dtype=dt), np.ascontiguousarray(y, dtype=dt)
+    return (np.ascontiguousarray(X, dtype=dt),
+            None if y is None else np.ascontiguousarray(y, dtype=dt))
 
 
 def _label_index(path, label, width, names=None):
@@ -240,8 +243,8 @@ def _label_index(path, label, width, names=None):
 
 
 def _split_label(A, j):
-    """(A without column j, column j of A)."""
-    return np.delete(A, j, axis=1), A[:, j]
+    """(A without column j, column j of A); j None: (A, None)."""
+    return (A, None) if j is None else (np.delete(A, j, axis=1), A[:, j])
 
 
 def _where(path, line, column, message):
@@ -265,20 +268,26 @@ def _read_npy(path, label, rank, size):
     if A.ndim != 2:
         raise ValueError(f"{path}: need a 2-d array (rows, features and label), "
                          f"got shape {A.shape}")
-    j = _label_index(path, label, A.shape[1])
+    j = None if label is None else _label_index(path, label, A.shape[1])
     return _split_label(np.asarray(A[shard_rows(A.shape[0], rank, size)]), j)
 
 
-def _read_npz(path, rank, size):
-    """This rank's rows of arrays "X" and "y" of an .npz file."""
+def _read_npz(path, rank, size, need_y=True):
+    """This rank's rows of arrays "X" and "y" of an .npz file ("y" optional unless need_y)."""
     with _np_load(path) as archive:
-        for key in ("X", "y"):
+        for key in ("X", "y") if need_y else ("X",):
             if key not in archive.files:
                 raise ValueError(f"{path}: no array {key!r} (it holds {sorted(archive.files)}); "
                                  "an .npz data file needs arrays 'X' and 'y'")
-        X, y = _check_xy(path, archive["X"], archive["y"])
+        if "y" in archive.files:
+            X, y = _check_xy(path, archive["X"], archive["y"])
+        else:
+            X, y = archive["X"], None
+            if X.ndim != 2:
+                raise ValueError(f"{path}: X must be 2-d (n_samples, n_features), "
+                                 f"got shape {X.shape}")
     rows = shard_rows(X.shape[0], rank, size)
-    return X[rows], y[rows]
+    return X[rows], None if y is None else y[rows]
 
 
 # -- CSV -----------------------------------------------------------------------------------
@@ -306,7 +315,7 @@ def _read_csv(path, label, delimiter, header, rank, size):
     rows = lines[1:] if header else lines
     if not rows:
         raise ValueError(f"{path}: no data rows after the header")
-    j = _label_index(path, label, len(first), names)
+    j = None if label is None else _label_index(path, label, len(first), names)
     keep = shard_rows(len(rows), rank, size)
     return _split_label(_parse_csv_rows(path, rows, len(first), delimiter, keep), j)
 
