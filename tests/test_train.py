@@ -194,3 +194,24 @@ def test_demo_and_info_run_serially_and_under_mpiexec(n_ranks):
 def test_every_subcommand_has_help(command):
     proc = cyfed_cli(command, "--help")
     assert proc.returncode == 0 and "usage: cyfed" in proc.stdout
+
+
+@pytest.mark.skipif(MPIEXEC is None, reason="needs mpiexec")
+def test_a_file_unreadable_on_one_rank_ends_every_rank(tmp_path):
+    """An OSError on rank 1 only (its data file missing) must not leave rank 0 waiting."""
+    script = tmp_path / "job.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, sys
+        from cyfed.comm import get_comm
+        from cyfed.cli import main
+        rank = get_comm().rank
+        data = {str(tmp_path)!r} + ("/data.csv" if rank == 0 else "/missing-on-rank-1.csv")
+        sys.exit(main(["train", "--mode", "distributed", "--data", data, "-o",
+                       {str(tmp_path / "m.npz")!r}]))
+    """))
+    (tmp_path / "data.csv").write_text("1,2,3\n4,5,6\n7,8,9\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(cyfed.__file__).parents[1]),
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([MPIEXEC, "-n", "2", sys.executable, str(script)],
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 2 and "rank 1" in proc.stderr and "Traceback" not in proc.stderr

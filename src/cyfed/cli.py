@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 import cyfed
-from cyfed import commands, train_command
+from cyfed import commands, io, train_command
 from cyfed.comm import get_comm, launched_by_mpi
 from cyfed.data import make_fedprox_synthetic, split_devices
 from cyfed.distributed import DistributedGD
@@ -88,8 +88,7 @@ def demo(args):
     out.write(f"cyfed {cyfed.__version__} demo on {comm.size} rank(s)\n")
 
     # 1. The seed example: full-batch GD, squared loss, no intercept.
-    X = np.array([[1, 2], [2, 3], [3, 4]])
-    y = np.array([1, 2, 3])
+    X, y = io.builtin("seed")
     seed = DistributedGD(lr=0.01, max_iter=1000, fit_intercept=False).fit(X, y)
     out.write(f"\nSeed example (1000 GD steps, lr 0.01): theta = {np.round(seed.coef_, 8)}\n")
     summary = [("seed example, 1000 GD steps", f"theta = {np.round(seed.coef_, 8)}")]

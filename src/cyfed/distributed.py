@@ -51,11 +51,11 @@ def raise_if_any(comm, error):
             raise ValueError(f"rank {rank} rejected its input: {message}")
 
 
-def on_every_rank(comm, fn):
-    """fn() on every rank; a ValueError/TypeError on any rank is raised on all of them."""
+def on_every_rank(comm, fn, errors=(ValueError, TypeError)):
+    """fn() on every rank; an exception of `errors` on any rank is raised on all of them."""
     try:
         return_value, error = fn(), None
-    except (ValueError, TypeError) as exc:
+    except errors as exc:
         return_value, error = None, exc
     raise_if_any(comm, error)
     return return_value

@@ -149,7 +149,8 @@ def train(args):
     comm = get_comm()
     try:
         setup_logging(args.log_level, comm.rank, comm.size)
-        config, out, data, trainer = on_every_rank(comm, lambda: _setup(args, comm))
+        config, out, data, trainer = on_every_rank(comm, lambda: _setup(args, comm),
+                                                   (ValueError, TypeError, OSError))
     except (cfg.ConfigError, ValueError, TypeError, OSError) as exc:
         return _fail(comm, exc, 2)
     if comm.rank == 0:
