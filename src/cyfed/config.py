@@ -19,6 +19,11 @@ Layout (every table optional except what the mode needs)::
     name = "FedProx"                 # aggregator = { name = "FedTrimmedAvg", beta = 0.2 }
     mu = 1.0
     [attack]                         # optional: name = "SignFlip", clients = [0, 1], ...
+    [privacy]                        # optional: federated: cyfed.privacy.ClientDP keywords,
+    clip_norm = 1.0                  # distributed: cyfed.privacy.DPSGD keywords
+    target_epsilon = 3.0
+    [secure_aggregation]             # optional, federated: cyfed.secagg.SecureAggregation
+    neighbours = "log"               # keywords
     [output]
     model = "runs/demo/model.npz"    # history, config and checkpoint go beside it
     checkpoint_every = 5
@@ -35,15 +40,19 @@ if sys.version_info >= (3, 11):
 else:                                   # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-from cyfed import attacks, io, strategies
+from cyfed import attacks, io, privacy, strategies
+from cyfed.secagg import SecureAggregation
 from cyfed.distributed import DistributedGD
 from cyfed.federated import FederatedTrainer
 
-TOP = {"mode", "loss", "data", "trainer", "strategy", "attack", "output"}
+TOP = {"mode", "loss", "data", "trainer", "strategy", "attack", "privacy", "secure_aggregation",
+       "output"}
 DATA = {"path", "builtin", "label", "dtype", "delimiter", "header", "partition", "n_clients",
         "alpha", "seed", "test", "test_fraction", "max_bytes"}
 OUTPUT = {"model", "checkpoint_every"}
-NOT_FROM_CONFIG = {"comm", "checkpoint", "resume", "attack", "strategy", "loss"}
+NOT_FROM_CONFIG = {"comm", "checkpoint", "resume", "attack", "strategy", "loss", "privacy",
+                   "secure_aggregation"}
+PRIVACY = {"federated": privacy.ClientDP, "distributed": privacy.DPSGD}
 MODES = {"federated": FederatedTrainer, "distributed": DistributedGD}
 
 
@@ -111,7 +120,8 @@ def validate(config):
     config.setdefault("loss", "squared")
     if config["mode"] not in MODES:
         raise ConfigError(f"mode must be one of {sorted(MODES)}, got {config['mode']!r}")
-    for name in ("data", "trainer", "strategy", "attack", "output"):
+    for name in ("data", "trainer", "strategy", "attack", "privacy", "secure_aggregation",
+                 "output"):
         if not isinstance(config.setdefault(name, {}), dict):
             raise ConfigError(f"[{name}] must be a table")
     _check_keys(config["data"], DATA, "[data]")
@@ -129,8 +139,13 @@ def validate(config):
         make_strategy(config["strategy"] or {"name": "FedAvg"})
         if config["attack"]:
             make_attack(config["attack"])
-    elif config["strategy"] or config["attack"]:
-        raise ConfigError("[strategy] and [attack] apply to mode = \"federated\" only")
+        if config["secure_aggregation"]:
+            make_secure_aggregation(config["secure_aggregation"])
+    elif config["strategy"] or config["attack"] or config["secure_aggregation"]:
+        raise ConfigError("[strategy], [attack] and [secure_aggregation] apply to "
+                          "mode = \"federated\" only")
+    if config["privacy"]:
+        make_privacy(config["privacy"], config["mode"])
     return config
 
 
@@ -165,3 +180,24 @@ def make_attack(table):
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"[attack] {table.get('name')}: {exc}") from None
+
+
+def _make(cls, table, section):
+    _check_keys(table, keyword_names(cls), f"[{section}] ({cls.__name__})")
+    try:
+        obj = cls(**table)
+        if hasattr(obj, "check"):
+            obj.check()
+        return obj
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"[{section}] {cls.__name__}: {exc}") from None
+
+
+def make_privacy(table, mode):
+    """ClientDP (federated) or DPSGD (distributed) from the [privacy] table."""
+    return _make(PRIVACY[mode], table, "privacy")
+
+
+def make_secure_aggregation(table):
+    """SecureAggregation from the [secure_aggregation] table."""
+    return _make(SecureAggregation, table, "secure_aggregation")

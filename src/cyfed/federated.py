@@ -29,6 +29,9 @@ from cyfed.attacks import Attack
 from cyfed.comm import LocalComm
 from cyfed.data import shard_rows
 from cyfed.distributed import agree_on_data, local_labels_max, on_every_rank
+from cyfed.privacy import ClientDP
+from cyfed.private_rounds import PrivateRounds
+from cyfed.secagg import SecureAggregation
 from cyfed.strategies import Strategy
 
 _sgd, _ = load("_sgd")
@@ -64,6 +67,20 @@ class FederatedTrainer:
     resume : if True and `checkpoint` exists, fit() continues from it (refusing a
         checkpoint of another config or other data) and ends bit-identical to the
         uninterrupted run (every random draw is seeded by (seed, round)).
+    sampling : "fixed" -- m of the N clients without replacement each round; or
+        "poisson" -- every client independently with probability q = m / N (the
+        case the DP accountant covers exactly)
+    privacy : cyfed.privacy.ClientDP or None -- client-level differential privacy
+        (DP-FedAvg: clipping, central or distributed Gaussian noise, adaptive
+        clipping); epsilon is recorded in the history every round
+    secure_aggregation : cyfed.secagg.SecureAggregation or None -- the clients'
+        updates are quantised and masked so that rank 0 only learns their sum
+        (with DP: clip -> noise -> quantise -> mask on the client side)
+
+    With privacy or secure aggregation the strategy must combine the clients'
+    updates through their mean only (FedAvg, FedSGD, FedProx, Scaffold, and the
+    server optimizers over them); robust aggregators, which need every update,
+    are refused.
 
     Attributes after fit: coef_, intercept_, history_ (one dict per round).
     """
@@ -72,7 +89,8 @@ class FederatedTrainer:
                  fraction=None, min_clients=1, local_epochs=1, batch_size=10, lr=0.01,
                  l2=0.0, momentum=0.0, max_local_steps=None, fit_intercept=True,
                  dropout=0.0, straggler_fraction=0.0, seed=0, n_workers=None, comm=None,
-                 attack=None, checkpoint=None, checkpoint_every=1, resume=False):
+                 attack=None, checkpoint=None, checkpoint_every=1, resume=False,
+                 sampling="fixed", privacy=None, secure_aggregation=None):
         self.strategy, self.loss, self.rounds = strategy, loss, rounds
         self.clients_per_round, self.fraction, self.min_clients = (clients_per_round, fraction,
                                                                    min_clients)
@@ -82,6 +100,8 @@ class FederatedTrainer:
         self.straggler_fraction, self.seed = straggler_fraction, seed
         self.n_workers, self.comm, self.attack = n_workers, comm, attack
         self.checkpoint, self.checkpoint_every, self.resume = checkpoint, checkpoint_every, resume
+        self.sampling, self.privacy = sampling, privacy
+        self.secure_aggregation = secure_aggregation
 
     # -- set-up -----------------------------------------------------------------
 
@@ -116,7 +136,36 @@ class FederatedTrainer:
         if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be an int >= 1, got "
                              f"{self.checkpoint_every!r}")
+        self._check_private()
         return s
+
+    def _check_private(self):
+        """Validate sampling, privacy and secure aggregation, and how they combine."""
+        if self.sampling not in ("fixed", "poisson"):
+            raise ValueError(f"sampling must be 'fixed' or 'poisson', got {self.sampling!r}")
+        if self.privacy is not None:
+            if not isinstance(self.privacy, ClientDP):
+                raise TypeError(f"privacy must be a cyfed.privacy.ClientDP or None, got "
+                                f"{type(self.privacy).__name__}")
+            self.privacy.check()
+        secure = self.secure_aggregation
+        if secure is not None and not isinstance(secure, SecureAggregation):
+            raise TypeError(f"secure_aggregation must be a cyfed.secagg.SecureAggregation "
+                            f"or None, got {type(secure).__name__}")
+        if self.privacy is None and secure is None:
+            return
+        what = "secure aggregation" if secure is not None else "client-level DP"
+        if not self.strategy.aggregates_means:
+            raise ValueError(
+                f"{type(self.strategy).__name__} needs every client's update, which {what} "
+                "does not give the server (DP's noise is calibrated to the sum of clipped "
+                "updates); use FedAvg, FedProx, FedSGD, Scaffold or a server optimizer "
+                "over one of them")
+        if self.attack is not None and (secure is not None or self.privacy.noise
+                                        == "distributed"):
+            raise ValueError("attack simulation perturbs the clients' updates on the server, "
+                             f"which sees only their sum under {what}; use central DP "
+                             "without secure aggregation for robustness studies")
 
     def _hosted(self, clients, comm):
         """{client id: (X, y)} for the clients this rank hosts, and N."""
@@ -145,6 +194,16 @@ class FederatedTrainer:
             raise ValueError(f"clients per round must be in [1, {n}] (the number of clients), "
                              f"got {m!r}")
         return m
+
+    def _private_rounds(self, m, n_clients):
+        """The DP / secure-aggregation pipeline (None without either): the sampling
+        rate q = m / N and the fixed denominator m (q N under Poisson sampling)."""
+        if self.privacy is None and self.secure_aggregation is None:
+            return None
+        if self.secure_aggregation is not None:
+            self.secure_aggregation.check_clients(m)
+        return PrivateRounds(self.privacy, self.secure_aggregation, self.seed, m / n_clients,
+                             float(m), self.rounds)
 
     def _prepare(self, hosted):
         """Validate the hosted clients and concatenate their rows: (problem, offsets, ids)."""
@@ -210,9 +269,11 @@ class FederatedTrainer:
         """What determines the run's result (rounds, threads, ranks and paths do not)."""
         names = ("loss", "clients_per_round", "fraction", "min_clients", "local_epochs",
                  "batch_size", "lr", "l2", "momentum", "max_local_steps", "fit_intercept",
-                 "dropout", "straggler_fraction", "seed")
+                 "dropout", "straggler_fraction", "seed", "sampling")
         return {"trainer": {n: getattr(self, n) for n in names},
-                "strategy": _describe(self.strategy), "attack": _describe(self.attack)}
+                "strategy": _describe(self.strategy), "attack": _describe(self.attack),
+                "privacy": _describe(self.privacy),
+                "secure_aggregation": _describe(self.secure_aggregation)}
 
     def _data_digest(self):
         """One digest of every client's (X, y), in client-id order, for any rank count."""
@@ -234,7 +295,8 @@ class FederatedTrainer:
         client_state = {c: v for part in states for c, v in part.items()}
         checkpoint.save(self.checkpoint,
                         {"theta": self.theta_, "strategy": self.strategy.state_dict(),
-                         "client_state": client_state},
+                         "client_state": client_state,
+                         "private": r["private"].state_dict() if r["private"] else {}},
                         {"round": next_round, "history": self.history_,
                          "config": checkpoint.digest(self._config()),
                          "data": self._data_digest_value})
@@ -257,6 +319,8 @@ class FederatedTrainer:
                              "data; refusing to resume from it")
         self.theta_ = np.array(arrays["theta"], dtype=np.float64)
         self.strategy.load_state_dict(arrays["strategy"])
+        if r["private"] is not None:
+            r["private"].load_state_dict(arrays["private"])
         hosted = set(int(c) for c in r["hosted_ids"])
         r["client_state"] = {int(c): np.array(v) for c, v in arrays["client_state"].items()
                              if int(c) in hosted}
@@ -271,6 +335,7 @@ class FederatedTrainer:
             comm, lambda: (self._settings(), self._hosted(clients, comm)))
         m = on_every_rank(comm, lambda: self._sample_size(n_clients))
         on_every_rank(comm, lambda: self.strategy.check_clients(m))
+        private = on_every_rank(comm, lambda: self._private_rounds(m, n_clients))
         problem, offsets, ids, top = on_every_rank(comm, lambda: self._prepare(hosted))
         problem, _, k = agree_on_data(comm, problem, top)
         self._poison_labels(problem, offsets, ids, k)
@@ -283,6 +348,7 @@ class FederatedTrainer:
             "threads": check.n_threads(self.n_workers, gradients._kernels.max_threads()),
             "epochs": settings["local_epochs"], "batch": settings["batch_size"],
             "max_steps": settings["max_local_steps"] or 0, "lr": settings["lr"],
+            "sample_rate": m / n_clients, "private": private,
         }
         self.theta_ = np.zeros(d * k + k)
         self.history_ = []
@@ -297,7 +363,11 @@ class FederatedTrainer:
         comm, m, n_clients, epochs = r["comm"], r["m"], r["n_clients"], r["epochs"]
         theta = self.theta_
         rng = np.random.default_rng([self.seed, rnd])
-        sampled = np.sort(rng.choice(n_clients, size=m, replace=False))
+        if self.sampling == "poisson":
+            sampled = np.flatnonzero(rng.random(n_clients) < r["sample_rate"])
+        else:
+            sampled = np.sort(rng.choice(n_clients, size=m, replace=False))
+        m = len(sampled)
         reports = rng.random(m) >= self.dropout
         local_epochs = np.full(m, epochs, dtype=np.intp)
         if self.straggler_fraction > 0 and epochs > 1:
@@ -314,25 +384,34 @@ class FederatedTrainer:
                                            mine, local_epochs, payload, theta, r["k"],
                                            r["batch"], r["max_steps"], r["lr"], r["threads"],
                                            rnd, r["client_state"])
+        record = {"round": rnd, "clients": int(reports.sum())}
+        private = r["private"]
+        if private is not None and private.clients_prepare:
+            messages = self._prepared_rows(private, payload, messages, info, rnd)
+            if self.secure_aggregation is not None:
+                secure = self.secure_aggregation.secure_sum(
+                    comm, (self.seed, rnd), sampled, r["hosted_ids"],
+                    {int(row[0]): row[1:] for row in messages}, messages.shape[1] - 1)
+                messages = messages[:0]
         all_messages, _ = comm.gatherv(messages.ravel(), root=0)
         all_info, _ = comm.gatherv(info.ravel(), root=0)
-        record = {"round": rnd, "clients": int(reports.sum())}
         if comm.rank == 0:
             all_info = all_info.reshape(-1, 4)
-            all_messages = all_messages.reshape(len(all_info), -1)
-            if np.any(np.diff(all_info[:, 0]) < 0):          # aggregate in client-id order
-                order = np.argsort(all_info[:, 0], kind="stable")
-                all_info, all_messages = all_info[order], all_messages[order]
-            if len(all_info) and self.attack is not None:
-                ids = all_info[:, 0].astype(np.int64)
-                record["malicious"] = int(self.attack.malicious(ids).sum())
-                all_messages = self.attack.perturb(theta, all_messages, ids,
-                                                   np.random.default_rng([self.seed, rnd, 1]))
             if len(all_info):
-                theta = self.strategy.aggregate(theta, all_messages, all_info[:, 1],
-                                                all_info[:, 0].astype(np.int64), n_clients)
                 record["train_loss"] = float(np.average(all_info[:, 2],
                                                         weights=all_info[:, 1]))
+            if private is None:
+                theta = self._aggregate(theta, all_messages, all_info, rnd, record)
+            else:
+                if self.secure_aggregation is not None:
+                    total, count = secure.total, len(secure.clients)
+                    record.update(secagg_clients=count, secagg_clipped=int(secure.clipped))
+                else:
+                    total, count = self._server_rows(private, payload, theta, all_messages,
+                                                     all_info, rnd, record)
+                theta, extra = private.server_step(self.strategy, theta, total, count,
+                                                   n_clients, rnd)
+                record.update(extra)
             record.update(self._evaluate(theta, r["d"], r["k"], test))
         self.theta_ = comm.bcast(np.ascontiguousarray(theta, dtype=np.float64), root=0)
         record["bytes_down"] = int(payload.nbytes)
@@ -342,6 +421,46 @@ class FederatedTrainer:
         self.history_.append(record)
         self._store(self.theta_, r["d"], r["k"])
         return record
+
+    def _aggregate(self, theta, messages, info, rnd, record):
+        """The strategy's step from every reporting client's message (rank 0)."""
+        if len(info) == 0:
+            return theta
+        info, messages = _in_id_order(info, messages)
+        ids = info[:, 0].astype(np.int64)
+        if self.attack is not None:
+            record["malicious"] = int(self.attack.malicious(ids).sum())
+            messages = self.attack.perturb(theta, messages, ids,
+                                           np.random.default_rng([self.seed, rnd, 1]))
+        return self.strategy.aggregate(theta, messages, info[:, 1], ids,
+                                       self._run["n_clients"])
+
+    def _prepared_rows(self, private, payload, messages, info, rnd):
+        """This rank's clients' rows [id, w u, w, b], clipped and noised by the clients."""
+        updates, n_samples, ids = private.finite_updates(
+            messages, self.strategy.message_reference(payload), info[:, 1],
+            info[:, 0].astype(np.int64))
+        rows = private.rows(updates, ids, n_samples, rnd)
+        return np.column_stack([ids.astype(np.float64), rows])
+
+    def _server_rows(self, private, payload, theta, messages, info, rnd, record):
+        """(sum of the rows, clients in it) from the gathered messages (rank 0): the
+        clients' prepared rows, or their models, which the server clips itself."""
+        if private.clients_prepare:
+            rows = messages.reshape(-1, self.strategy.message_width(theta.size) + 3)
+            ids, rows = rows[:, 0], rows[:, 1:]
+        else:
+            info, messages = _in_id_order(info, messages)
+            ids = info[:, 0].astype(np.int64)
+            if self.attack is not None:
+                record["malicious"] = int(self.attack.malicious(ids).sum())
+                messages = self.attack.perturb(theta, messages, ids,
+                                               np.random.default_rng([self.seed, rnd, 1]))
+            updates, n_samples, ids = private.finite_updates(
+                messages, self.strategy.message_reference(payload), info[:, 1], ids)
+            rows = private.rows(updates, ids, n_samples, rnd)
+        order = np.argsort(ids, kind="stable")       # sum in client-id order
+        return rows[order].sum(axis=0), len(rows)
 
     def _train_local(self, problem, offsets, hosted_ids, sampled, mine, local_epochs, payload,
                      theta, k, batch, max_steps, lr, threads, rnd, client_state):
@@ -405,6 +524,15 @@ class FederatedTrainer:
 
     def predict(self, X):
         return gradients.predict(self.loss, X, self.coef_, self.intercept_)
+
+
+def _in_id_order(info, messages):
+    """(info, messages) of the gathered clients sorted by client id (info[:, 0])."""
+    messages = messages.reshape(len(info), -1)
+    if np.any(np.diff(info[:, 0]) < 0):
+        order = np.argsort(info[:, 0], kind="stable")
+        info, messages = info[order], messages[order]
+    return info, messages
 
 
 def _describe(obj):

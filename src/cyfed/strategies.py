@@ -62,6 +62,19 @@ class Strategy:
     def aggregate(self, theta, messages, n_samples, client_ids, n_clients):
         raise NotImplementedError
 
+    #: Whether the server step needs only the mean of the clients' updates, so that
+    #: the strategy composes with client-level DP and secure aggregation (which
+    #: show the server nothing else).
+    aggregates_means = False
+
+    def message_reference(self, payload):
+        """The message of a client that did not move: its update is message - reference."""
+        return payload
+
+    def aggregate_mean(self, theta, mean_update, count, n_clients):
+        """The next theta from the mean of `count` clients' updates (message - reference)."""
+        raise NotImplementedError(f"{type(self).__name__} needs every client's update")
+
     #: Attributes holding server state (not hyper-parameters).
     _state_attrs = ()
 
@@ -101,11 +114,16 @@ class FedAvg(Strategy):
     are renormalised over the rest); a round with no usable client keeps theta.
     """
 
+    aggregates_means = True
+
     def aggregate(self, theta, messages, n_samples, client_ids, n_clients):
         messages, n_samples, _ = self._drop_non_finite(messages, n_samples, client_ids)
         if len(messages) == 0:
             return theta
         return aggregate.weighted_mean(messages, n_samples)
+
+    def aggregate_mean(self, theta, mean_update, count, n_clients):
+        return theta + mean_update
 
 
 class FedSGD(FedAvg):
@@ -139,6 +157,7 @@ class Scaffold(Strategy):
     """
 
     _state_attrs = ("c",)
+    aggregates_means = True
 
     def __init__(self, eta_g=1.0):
         if not eta_g > 0:
@@ -178,16 +197,22 @@ class Scaffold(Strategy):
     def load_state_dict(self, state):
         self.c = np.array(state["c"], dtype=np.float64) if "c" in state else None
 
+    def message_reference(self, payload):
+        half = payload.size // 2
+        return np.concatenate([payload[:half], np.zeros(half)])
+
     def aggregate(self, theta, messages, n_samples, client_ids, n_clients):
         messages, n_samples, _ = self._drop_non_finite(messages, n_samples, client_ids)
         if len(messages) == 0:
             return theta
-        half = messages.shape[1] // 2
-        ones = np.ones(len(messages))
-        dy = aggregate.weighted_mean(messages[:, :half] - theta, ones)
-        dc = aggregate.weighted_mean(messages[:, half:], ones)
-        self.c = self.c + dc * (len(messages) / n_clients)
-        return theta + self.eta_g * dy
+        updates = messages - self.message_reference(self.server_payload(theta))
+        mean = aggregate.weighted_mean(updates, np.ones(len(messages)))
+        return self.aggregate_mean(theta, mean, len(messages), n_clients)
+
+    def aggregate_mean(self, theta, mean_update, count, n_clients):
+        half = mean_update.size // 2
+        self.c = self.c + mean_update[half:] * (count / n_clients)
+        return theta + self.eta_g * mean_update[:half]
 
 
 # -- robust aggregation ---------------------------------------------------------------------
@@ -357,6 +382,7 @@ class ServerOptimizer(Strategy):
 
     mu = property(lambda self: self.aggregator.mu)
     keeps_stragglers = property(lambda self: self.aggregator.keeps_stragglers)
+    aggregates_means = property(lambda self: self.aggregator.aggregates_means)
 
     def local_settings(self, trainer):
         s = dict(self.aggregator.local_settings(trainer))
@@ -380,10 +406,20 @@ class ServerOptimizer(Strategy):
         return self.aggregator.client_messages(payload, local_thetas, steps, lr, client_ids,
                                                client_state)
 
+    def message_reference(self, payload):
+        return self.aggregator.message_reference(payload)
+
     def aggregate(self, theta, messages, n_samples, client_ids, n_clients):
         target = self.aggregator.aggregate(theta, messages, n_samples, client_ids, n_clients)
         if target is theta:                   # nothing usable this round
             return theta
+        return self._server_step(theta, target)
+
+    def aggregate_mean(self, theta, mean_update, count, n_clients):
+        return self._server_step(theta, self.aggregator.aggregate_mean(theta, mean_update,
+                                                                       count, n_clients))
+
+    def _server_step(self, theta, target):
         self.t += 1
         return theta + self.step(np.asarray(target, dtype=np.float64) - theta)
 

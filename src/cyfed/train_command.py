@@ -117,10 +117,14 @@ def _trainer(config, comm, out, resume):
     kwargs = dict(config["trainer"], comm=comm, checkpoint=out["checkpoint"], resume=resume)
     if "checkpoint_every" in config["output"]:
         kwargs["checkpoint_every"] = config["output"]["checkpoint_every"]
+    if config["privacy"]:
+        kwargs["privacy"] = cfg.make_privacy(config["privacy"], config["mode"])
     if config["mode"] == "distributed":
         return trainer_cls(config["loss"], **kwargs)
     strategy = cfg.make_strategy(config["strategy"] or {"name": "FedAvg"})
     attack = cfg.make_attack(config["attack"]) if config["attack"] else None
+    if config["secure_aggregation"]:
+        kwargs["secure_aggregation"] = cfg.make_secure_aggregation(config["secure_aggregation"])
     return trainer_cls(strategy, config["loss"], attack=attack, **kwargs)
 
 
@@ -141,7 +145,7 @@ def _steps(config, trainer):
 
 
 def _metrics(record):
-    keys = ("train_loss", "loss", "test_loss", "test_accuracy", "test_r2")
+    keys = ("train_loss", "loss", "test_loss", "test_accuracy", "test_r2", "epsilon")
     return {k.replace("test_accuracy", "acc"): record[k] for k in keys if k in record}
 
 
