@@ -3,8 +3,9 @@
     python benchmarks/report_federated.py fed.json
 
 (fed.json from ``pytest benchmarks/test_bench_federated.py --benchmark-json=fed.json``.)
-One row per (workload, threads): best seconds per round of each side and
-numpy / cyfed.
+One row per (workload, threads): best seconds per round of each side,
+numpy / cyfed, and what client-level DP (central / distributed noise) adds to
+cyfed's round.
 """
 import json
 import sys
@@ -15,15 +16,19 @@ def main(path):
     for bench in json.load(open(path))["benchmarks"]:
         impl = bench.get("extra_info", {}).get("implementation")
         rows.setdefault(bench["group"], {})[impl] = bench["stats"]["min"]
-    print("| workload | dtype | threads | cyfed ms/round | numpy ms/round | numpy / cyfed |")
-    print("|---|---|---:|---:|---:|---:|")
+    print("| workload | dtype | threads | cyfed ms/round | numpy ms/round | numpy / cyfed "
+          "| DP central | DP distributed |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     for group in sorted(rows):
         _, workload, threads = group.split("-")
         workload, _, dtype = workload.partition("_")
         cy, ref = rows[group].get("cyfed"), rows[group].get("numpy")
         ratio = f"{ref / cy:.1f}" if cy and ref else "—"
+        overhead = [f"{rows[group][f'cyfed-dp-{n}'] / cy - 1:+.1%}"
+                    if cy and f"cyfed-dp-{n}" in rows[group] else "—"
+                    for n in ("central", "distributed")]
         print(f"| {workload} | {dtype} | {threads[1:]} | {cy * 1e3 if cy else float('nan'):.1f} | "
-              f"{ref * 1e3 if ref else float('nan'):.1f} | {ratio} |")
+              f"{ref * 1e3 if ref else float('nan'):.1f} | {ratio} | {' | '.join(overhead)} |")
 
 
 if __name__ == "__main__":

@@ -16,12 +16,18 @@ cyfed's ``n_workers`` and numpy's BLAS threads.
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m pytest \\
         benchmarks/test_bench_federated.py --benchmark-json=fed.json -q
     python benchmarks/report_federated.py fed.json
+
+The same run also times cyfed's round with client-level DP (``ClientDP``:
+every update clipped, Gaussian noise added centrally or as every client's share,
+adaptive clipping, epsilon accounted), reported as its overhead over the plain
+cyfed round.
 """
 import numpy as np
 import pytest
 
 from cyfed.data import make_fedprox_synthetic
 from cyfed.federated import FederatedTrainer
+from cyfed.privacy import ClientDP
 from cyfed.strategies import FedAvg
 
 LR = 0.01
@@ -80,13 +86,16 @@ def numpy_fedavg_round(clients, sampled, W, b, epochs, batch, rng):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_cyfed_round(benchmark, timed, workload, threads):
+@pytest.mark.parametrize("privacy", [None, "central", "distributed"])
+def test_cyfed_round(benchmark, timed, workload, threads, privacy):
     benchmark.group = f"fedavg-{workload['name']}-t{threads}"
-    benchmark.extra_info["implementation"] = "cyfed"
+    benchmark.extra_info["implementation"] = "cyfed" + (f"-dp-{privacy}" if privacy else "")
+    dp = None if privacy is None else ClientDP(clip_norm=0.5, noise_multiplier=1.0,
+                                               noise=privacy, adaptive=True, count_noise=5.0)
     trainer = FederatedTrainer(FedAvg(), "softmax", rounds=1,
                                clients_per_round=workload["per_round"],
                                local_epochs=workload["epochs"], batch_size=workload["batch"],
-                               lr=LR, n_workers=threads, seed=1)
+                               lr=LR, n_workers=threads, seed=1, privacy=dp)
     trainer.setup(workload["data"])
     # round 0 every time: the same sampled clients as the numpy side, so the same work
     timed(lambda n_threads=None: trainer.run_round(0), (), threads=threads)

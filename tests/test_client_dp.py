@@ -34,7 +34,7 @@ def test_clipping_keeps_every_update_within_the_clip_norm():
     rng = np.random.default_rng(0)
     updates = rng.standard_normal((50, 30)) * rng.uniform(0.1, 3, size=(50, 1))
     rounds = PrivateRounds(ClientDP(clip_norm=2.0, noise_multiplier=0.0), None, 0, 0.1, 50.0, 5)
-    rows = rounds.rows(updates, np.arange(50), np.full(50, 10.0), 0)
+    rows = rounds.client_rows(updates, np.zeros(30), np.full(50, 10.0), np.arange(50), 0)
     norms = np.linalg.norm(updates, axis=1)
     clipped = np.linalg.norm(rows[:, :30], axis=1)
     assert np.all(clipped <= 2.0 * (1 + 1e-12))
@@ -62,12 +62,14 @@ def test_distributed_shares_sum_to_the_central_noise():
     z, S, m, p = 0.9, 1.5, 25, 4000
     dp = ClientDP(clip_norm=S, noise_multiplier=z, noise="distributed")
     rounds = PrivateRounds(dp, None, 1, 0.25, float(m), 5)
-    rows = rounds.rows(np.zeros((m, p)), np.arange(m), np.ones(m), rnd=2)
+    rows = rounds.client_rows(np.zeros((m, p)), np.zeros(p), np.ones(m), np.arange(m), rnd=2)
+    np.testing.assert_array_equal(rows[:, -1], np.arange(m))     # the client ids ride along
+    rows = rows[:, :-1]
     sample_std_within(rows[:, :p], z * S / math.sqrt(m))        # each client's share
     sample_std_within(rows[:, :p].sum(axis=0), z * S)           # the sum: full noise
     # a client's share depends on (seed, round, client id) only, not on its neighbours
-    alone = rounds.rows(np.zeros((1, p)), np.array([7]), np.ones(1), rnd=2)
-    np.testing.assert_array_equal(alone[0], rows[7])
+    alone = rounds.client_rows(np.zeros((1, p)), np.zeros(p), np.ones(1), np.array([7]), rnd=2)
+    np.testing.assert_array_equal(alone[0, :-1], rows[7])
     total = rows.sum(axis=0)
     new, _ = rounds.server_step(FedAvg(), np.zeros(p), total, m, 100, rnd=2)
     np.testing.assert_allclose(new, total[:p] / m)               # no second noise draw
@@ -87,7 +89,7 @@ def test_adaptive_clipping_reaches_the_target_quantile(quantile):
         norms = rng.lognormal(0.0, 0.5, size=m)
         directions = rng.standard_normal((m, p))
         updates = directions / np.linalg.norm(directions, axis=1)[:, None] * norms[:, None]
-        total = rounds.rows(updates, np.arange(m), np.ones(m), rnd).sum(axis=0)
+        total, _ = rounds.server_sum(updates, np.zeros(p), np.arange(m))
         rounds.server_step(FedAvg(), np.zeros(p), total, m, 10 * m, rnd)
         history.append(rounds.clip_norm)
     target = math.exp(0.5 * _normal_quantile(quantile))         # lognormal(0, 0.5) quantile

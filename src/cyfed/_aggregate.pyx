@@ -8,6 +8,8 @@ min/max would hide them, returns whether every value it read was finite.
 """
 from cython cimport floating
 from cython.parallel cimport prange
+from libc.float cimport DBL_MAX
+from libc.math cimport NAN, sqrt
 
 from cyfed._vector_math cimport (all_finite, cyfed_prefetch_l2, cyfed_thread_id, load_tile,
                                  mean_of_rows, network_lanes, run_network, sort_groups, sq_dist,
@@ -137,3 +139,40 @@ def finite_rows(const floating[:, ::1] updates, unsigned char[::1] out):
     with nogil:
         for i in range(updates.shape[0]):
             out[i] = all_finite(&updates[i, 0], updates.shape[1]) if updates.shape[1] else 1
+
+
+def clip_updates(const double[:, ::1] messages, const double[::1] reference, double clip_norm,
+                 double[:, ::1] rows, double[::1] total, double[::1] scales):
+    """Clip every client's update u_i = messages[i] - reference to L2 norm clip_norm.
+
+    scales[i] = min(1, clip_norm / ||u_i||) (exactly 1 when u_i fits), NaN when
+    row i is not finite.  With an empty `rows`, total[:p] += scales[i] u_i over
+    the finite rows in order (p = messages.shape[1]); otherwise rows[i, :p] =
+    scales[i] u_i (rows may be wider than p; NaN rows are left untouched).  One
+    read of each message from memory: the second pass finds the row in cache.
+    """
+    cdef Py_ssize_t K = messages.shape[0], p = messages.shape[1], i, j
+    cdef bint summing = rows.shape[0] == 0
+    cdef const double *x
+    cdef const double *r = &reference[0]
+    cdef double *dst
+    cdef double sq, s
+    with nogil:
+        for i in range(K):
+            x = &messages[i, 0]
+            sq = sq_dist_to(x, r, p)
+            if sq <= clip_norm * clip_norm and sq <= DBL_MAX:
+                s = 1.0
+            elif not all_finite(x, p):
+                scales[i] = NAN
+                continue
+            else:                   # (an overflowing sq gives s = 0: the row is too big)
+                s = clip_norm / sqrt(sq)
+            scales[i] = s
+            if summing:
+                for j in range(p):
+                    total[j] += s * (x[j] - r[j])
+            else:
+                dst = &rows[i, 0]
+                for j in range(p):
+                    dst[j] = s * (x[j] - r[j])

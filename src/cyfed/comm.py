@@ -37,6 +37,12 @@ class Communicator(Protocol):
     def allgather_obj(self, obj) -> list:
         """Every rank's small picklable object, in rank order, on every rank."""
 
+    def gather_obj(self, obj, root: int = 0):
+        """Every rank's small picklable object, in rank order, on root (a list); None elsewhere."""
+
+    def scatter_obj(self, objs, root: int = 0):
+        """Root's ``objs[r]`` (a sequence of `size` small picklable objects) on rank r."""
+
     def barrier(self) -> None:
         """Wait for all ranks."""
 
@@ -67,6 +73,12 @@ class LocalComm:
 
     def allgather_obj(self, obj):
         return [obj]
+
+    def gather_obj(self, obj, root=0):
+        return [obj]
+
+    def scatter_obj(self, objs, root=0):
+        return objs[0]
 
     def barrier(self):
         return None
@@ -120,6 +132,12 @@ class MPIComm:
 
     def allgather_obj(self, obj):
         return self.comm.allgather(obj)
+
+    def gather_obj(self, obj, root=0):
+        return self.comm.gather(obj, root=root)
+
+    def scatter_obj(self, objs, root=0):
+        return self.comm.scatter(objs, root=root)
 
     def barrier(self):
         self.comm.Barrier()

@@ -18,6 +18,7 @@ import csv
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ from cyfed.data import shard_rows
 from cyfed.distributed import agree_on_data, local_labels_max, on_every_rank
 from cyfed.privacy import ClientDP
 from cyfed.private_rounds import PrivateRounds
-from cyfed.secagg import SecureAggregation
+from cyfed.secagg import SecAggError, SecureAggregation
 from cyfed.strategies import Strategy
 
 _sgd, _ = load("_sgd")
@@ -387,11 +388,11 @@ class FederatedTrainer:
         record = {"round": rnd, "clients": int(reports.sum())}
         private = r["private"]
         if private is not None and private.clients_prepare:
-            messages = self._prepared_rows(private, payload, messages, info, rnd)
+            messages = private.client_rows(messages,
+                                           self.strategy.message_reference(payload),
+                                           info[:, 1], info[:, 0].astype(np.int64), rnd)
             if self.secure_aggregation is not None:
-                secure = self.secure_aggregation.secure_sum(
-                    comm, (self.seed, rnd), sampled, r["hosted_ids"],
-                    {int(row[0]): row[1:] for row in messages}, messages.shape[1] - 1)
+                secure = self._secure_sum(comm, rnd, sampled, messages, record)
                 messages = messages[:0]
         all_messages, _ = comm.gatherv(messages.ravel(), root=0)
         all_info, _ = comm.gatherv(info.ravel(), root=0)
@@ -404,19 +405,23 @@ class FederatedTrainer:
                 theta = self._aggregate(theta, all_messages, all_info, rnd, record)
             else:
                 if self.secure_aggregation is not None:
-                    total, count = secure.total, len(secure.clients)
-                    record.update(secagg_clients=count, secagg_clipped=int(secure.clipped))
+                    total, count = ((None, 0) if secure is None
+                                    else (secure.total, len(secure.clients)))
                 else:
                     total, count = self._server_rows(private, payload, theta, all_messages,
                                                      all_info, rnd, record)
-                theta, extra = private.server_step(self.strategy, theta, total, count,
-                                                   n_clients, rnd)
-                record.update(extra)
+                if total is not None:
+                    theta, extra = private.server_step(self.strategy, theta, total, count,
+                                                       n_clients, rnd)
+                    record.update(extra)
             record.update(self._evaluate(theta, r["d"], r["k"], test))
         self.theta_ = comm.bcast(np.ascontiguousarray(theta, dtype=np.float64), root=0)
         record["bytes_down"] = int(payload.nbytes)
         record["seconds"] = time.perf_counter() - r["start"]
         record = comm.bcast_obj(record if comm.rank == 0 else None, root=0)
+        if private is not None:     # the clients clip with the server's next (adaptive) S
+            private.load_state_dict(comm.bcast_obj(private.state_dict() if comm.rank == 0
+                                                   else None))
         record["bytes_up"] = int(messages.nbytes + info.nbytes)     # this rank's
         self.history_.append(record)
         self._store(self.theta_, r["d"], r["k"])
@@ -435,32 +440,40 @@ class FederatedTrainer:
         return self.strategy.aggregate(theta, messages, info[:, 1], ids,
                                        self._run["n_clients"])
 
-    def _prepared_rows(self, private, payload, messages, info, rnd):
-        """This rank's clients' rows [id, w u, w, b], clipped and noised by the clients."""
-        updates, n_samples, ids = private.finite_updates(
-            messages, self.strategy.message_reference(payload), info[:, 1],
-            info[:, 0].astype(np.int64))
-        rows = private.rows(updates, ids, n_samples, rnd)
-        return np.column_stack([ids.astype(np.float64), rows])
+    def _secure_sum(self, comm, rnd, sampled, rows, record):
+        """The secure sum of this round's rows [w u, w, b, id] (a SecureSum on rank 0).
+        A round the protocol abandons (too few clients left to unmask) keeps theta
+        (None here): its record says why, and every rank warns."""
+        try:
+            result = self.secure_aggregation.secure_sum(
+                comm, (self.seed, rnd), sampled, self._run["hosted_ids"],
+                {int(row[-1]): row[:-1] for row in rows}, rows.shape[1] - 1)
+        except SecAggError as exc:
+            warnings.warn(f"round {rnd}: {exc}; the model is left as it was", RuntimeWarning,
+                          stacklevel=3)
+            record["secagg_abandoned"] = str(exc)
+            return None
+        if comm.rank == 0:
+            record.update(secagg_clients=len(result.clients), secagg_clipped=int(result.clipped),
+                          secagg_bytes_up=sum(result.bytes_up.values()),
+                          secagg_bytes_down=sum(result.bytes_down.values()))
+        return result
 
     def _server_rows(self, private, payload, theta, messages, info, rnd, record):
         """(sum of the rows, clients in it) from the gathered messages (rank 0): the
-        clients' prepared rows, or their models, which the server clips itself."""
+        clients' prepared rows [w u, w, b, id], or their messages, which the server
+        clips itself (central DP)."""
         if private.clients_prepare:
             rows = messages.reshape(-1, self.strategy.message_width(theta.size) + 3)
-            ids, rows = rows[:, 0], rows[:, 1:]
-        else:
-            info, messages = _in_id_order(info, messages)
-            ids = info[:, 0].astype(np.int64)
-            if self.attack is not None:
-                record["malicious"] = int(self.attack.malicious(ids).sum())
-                messages = self.attack.perturb(theta, messages, ids,
-                                               np.random.default_rng([self.seed, rnd, 1]))
-            updates, n_samples, ids = private.finite_updates(
-                messages, self.strategy.message_reference(payload), info[:, 1], ids)
-            rows = private.rows(updates, ids, n_samples, rnd)
-        order = np.argsort(ids, kind="stable")       # sum in client-id order
-        return rows[order].sum(axis=0), len(rows)
+            rows = rows[np.argsort(rows[:, -1], kind="stable")]     # sum in client-id order
+            return rows[:, :-1].sum(axis=0), len(rows)
+        info, messages = _in_id_order(info, messages)
+        ids = info[:, 0].astype(np.int64)
+        if self.attack is not None:
+            record["malicious"] = int(self.attack.malicious(ids).sum())
+            messages = np.ascontiguousarray(self.attack.perturb(
+                theta, messages, ids, np.random.default_rng([self.seed, rnd, 1])))
+        return private.server_sum(messages, self.strategy.message_reference(payload), ids)
 
     def _train_local(self, problem, offsets, hosted_ids, sampled, mine, local_epochs, payload,
                      theta, k, batch, max_steps, lr, threads, rnd, client_state):

@@ -20,10 +20,17 @@ Server side: sum + central noise N(0, (z S)^2) -> mean = sum / m (DP: the fixed
 denominator m) or sum / sum_k w_k -> `strategy.aggregate_mean` -> the next S
 (adaptive clipping).
 """
+import math
+import warnings
+
 import numpy as np
 
 from cyfed import accountant
-from cyfed.strategies import Strategy
+from cyfed._simd import load
+
+_kernels, _ = load("_aggregate")
+_NO_ROWS = np.empty((0, 0))
+_NO_TOTAL = np.empty(0)
 
 
 class PrivateRounds:
@@ -48,7 +55,10 @@ class PrivateRounds:
             update_noise = privacy.update_noise(self.noise_multiplier, denominator)
         self.update_noise = update_noise
         self.clip_norm = float(privacy.clip_norm) if privacy is not None else None
-        self.max_weight = float(getattr(secure, "max_weight", 1.0))
+        # one round's RDP at every order; t rounds compose to t times it
+        self._rdp = (accountant.rdp(self.noise_multiplier, sample_rate)
+                     if privacy is not None and privacy.delta is not None else None)
+        self.max_weight = secure.max_weight if secure is not None else None
 
     @property
     def clients_prepare(self):
@@ -57,39 +67,61 @@ class PrivateRounds:
         return self.secure is not None or (self.privacy is not None
                                            and self.privacy.noise == "distributed")
 
-    def rows(self, updates, client_ids, n_samples, rnd):
-        """The (m, p + 2) rows [w u, w, b] of clients `client_ids` (sorted) from
-        their finite updates (m, p); their noise shares are added when the clients
-        prepare the rows under distributed DP."""
-        m, p = updates.shape
-        out = np.empty((m, p + 2))
-        out[:, :p] = updates
+    def client_rows(self, messages, reference, n_samples, client_ids, rnd):
+        """Rows [w u, w, b, client id] (width p + 3) of the clients with finite
+        messages (m, p): clipped, weighted and, under distributed DP, noised."""
+        m, p = messages.shape
+        rows = np.empty((m, p + 3))
+        scales = np.empty(m)
+        clip = self.clip_norm if self.privacy is not None else math.inf
+        _kernels.clip_updates(messages, reference, clip, rows, _NO_TOTAL, scales)
+        rows[:, p + 2] = client_ids
         if self.privacy is None:
-            out[:, p] = np.minimum(n_samples, self.max_weight) / self.max_weight
-            out[:, :p] *= out[:, p:p + 1]
-            out[:, p + 1] = 0.0
-            return out
-        norms = np.sqrt(np.einsum("ij,ij->i", updates, updates))
-        fits = norms <= self.clip_norm
-        out[:, :p] *= np.where(fits, 1.0, self.clip_norm / np.maximum(norms, 1e-300))[:, None]
-        out[:, p] = 1.0
-        out[:, p + 1] = fits
-        if self.privacy.noise == "distributed" and self.noise_multiplier > 0:
-            share = np.sqrt(self.denominator)
-            scale = np.full(p + 2, self.update_noise * self.clip_norm / share)
-            scale[p] = 0.0
-            scale[p + 1] = self.privacy.count_std(self.denominator) / share
-            for row, cid in zip(out, client_ids):
-                row += np.random.default_rng([self.seed, rnd, 2, int(cid)]).standard_normal(
-                    p + 2) * scale
-        return out
+            rows[:, p] = np.minimum(n_samples, self.max_weight) / self.max_weight
+            rows[:, :p] *= rows[:, p:p + 1]
+            rows[:, p + 1] = 0.0
+        else:
+            rows[:, p] = 1.0
+            rows[:, p + 1] = scales == 1.0
+            if self.privacy.noise == "distributed" and self.noise_multiplier > 0:
+                self._add_shares(rows[:, :p + 2], client_ids, rnd)
+        return rows[self._finite(scales, client_ids)]
 
-    def finite_updates(self, messages, reference, n_samples, client_ids):
-        """(updates, n_samples, ids) of the clients whose messages are finite (the
-        others are named in a warning and left out, as the strategies do)."""
-        messages, n_samples, client_ids = Strategy._drop_non_finite(messages, n_samples,
-                                                                    client_ids)
-        return messages - reference, n_samples, np.asarray(client_ids)
+    def _add_shares(self, rows, client_ids, rnd):
+        """Every client's share of the noise: N(0, (z S)^2 / m) on its update and
+        N(0, sigma_b^2 / m) on its bit, from a Philox stream keyed by (seed, round)
+        at a counter block of its own, so a share depends on the client, not the rank."""
+        p = rows.shape[1] - 2
+        scale = np.full(p + 2, self.update_noise * self.clip_norm)
+        scale[p] = 0.0
+        scale[p + 1] = self.privacy.count_std(self.denominator)
+        scale /= math.sqrt(self.denominator)
+        key = np.random.SeedSequence([self.seed, rnd, 2]).generate_state(2, np.uint64)
+        for row, cid in zip(rows, client_ids):
+            stream = np.random.Philox(key=key, counter=[0, 0, 0, int(cid)])
+            row += np.random.Generator(stream).standard_normal(p + 2) * scale
+
+    def server_sum(self, messages, reference, client_ids):
+        """(sum of the rows [u, 1, b], number of clients) with the server clipping
+        the clients' finite updates itself (central DP, no secure aggregation)."""
+        m, p = messages.shape
+        total = np.zeros(p + 2)
+        scales = np.empty(m)
+        _kernels.clip_updates(messages, reference, self.clip_norm, _NO_ROWS, total, scales)
+        ok = self._finite(scales, client_ids)
+        total[p] = ok.sum()
+        total[p + 1] = np.sum(scales == 1.0)
+        return total, int(ok.sum())
+
+    @staticmethod
+    def _finite(scales, client_ids):
+        """Mask of the finite updates; the others are named in a warning and left out."""
+        ok = ~np.isnan(scales)
+        if not ok.all():
+            bad = [int(c) for c in np.asarray(client_ids)[~ok]]
+            warnings.warn(f"client update(s) from client id(s) {bad} are NaN/Inf and are "
+                          "left out of this round's aggregate", RuntimeWarning, stacklevel=3)
+        return ok
 
     def server_step(self, strategy, theta, total, count, n_clients, rnd):
         """The next theta from the sum `total` of `count` clients' rows, and the
@@ -111,9 +143,9 @@ class PrivateRounds:
             record["unclipped_fraction"] = float(total[p + 1] / self.denominator)
             self.clip_norm = self.privacy.next_clip_norm(self.clip_norm,
                                                          record["unclipped_fraction"])
-        if self.privacy.delta is not None:
-            record["epsilon"] = accountant.epsilon(self.noise_multiplier, self.sample_rate,
-                                                   rnd + 1, self.privacy.delta)
+        if self._rdp is not None:
+            record["epsilon"] = accountant.rdp_to_epsilon(
+                (rnd + 1) * self._rdp, accountant.DEFAULT_ORDERS, self.privacy.delta)[0]
         return theta, record
 
     def state_dict(self):
