@@ -16,6 +16,12 @@ for n in 1 2 3; do
   grep -q "global theta = \[0.73444079 0.18403266\]" <<<"$out"
 done
 run 2 "$here/federated_synthetic.py" --rounds 4 --every 2
+# DP + secure aggregation: the same model (and epsilon) for 1 and 3 ranks
+one=$(run 1 "$here/federated_private.py" --rounds 4 --every 2 | tail -1)
+three=$(run 3 "$here/federated_private.py" --rounds 4 --every 2 | tail -1)
+echo "$three"
+grep -q "^final: (.*, 1e-5)-DP test accuracy" <<<"$three"
+test "$one" = "$three"
 runs=$(mktemp -d)
 timeout 120 mpiexec -n 2 python -m cyfed train --config "$here/train_fedprox.toml" --quiet \
   -o "$runs/fedprox.npz" --set trainer.rounds=3

@@ -88,6 +88,23 @@ def test_data_needs_a_source_and_distributed_takes_no_strategy(tmp_path):
                                  '[strategy]\nname = "FedAvg"\n'))
 
 
+@pytest.mark.parametrize("override, match", [
+    ("privacy.clip_nrom=1.0", "did you mean 'clip_norm'"),
+    ("privacy.noise=\"local\"", "noise must be one of"),
+    ("secure_aggregation.bits=8", "bits must be an integer"),
+    ("secure_aggregation.neighbors=4", "did you mean 'neighbours'"),
+])
+def test_privacy_and_secure_aggregation_tables_are_checked(tmp_path, override, match):
+    private = FEDERATED.replace('name = "FedAdam"', 'name = "FedAvg"').replace(
+        "    eta = 0.01\n    aggregator = { name = \"FedTrimmedAvg\", beta = 0.2 }\n", "")
+    private += "    [privacy]\n    noise_multiplier = 1.0\n    [secure_aggregation]\n"
+    with pytest.raises(cfg.ConfigError, match=match):
+        cfg.load(write(tmp_path, private), [override])
+    with pytest.raises(cfg.ConfigError, match="federated"):
+        cfg.load(write(tmp_path, 'mode = "distributed"\n[data]\nbuiltin = "iris"\n'
+                                 '[secure_aggregation]\nbits = 32\n'))
+
+
 def test_missing_and_malformed_config_files(tmp_path):
     with pytest.raises(cfg.ConfigError, match="does not exist"):
         cfg.load(tmp_path / "nope.toml")
@@ -110,6 +127,29 @@ def test_federated_train_writes_model_history_and_checkpoint(tmp_path):
     assert model["loss"] == "softmax" and model["coef"].shape == (60, 10)
     assert model["metadata"]["metrics"]["round"] == 2
     assert "model in" in proc.stdout
+
+
+PRIVATE = FEDERATED.replace('name = "FedAdam"', 'name = "FedAvg"').replace(
+    "    eta = 0.01\n    aggregator = { name = \"FedTrimmedAvg\", beta = 0.2 }\n", "") + """
+    [privacy]
+    clip_norm = 1.0
+    target_epsilon = 5.0
+    noise = "distributed"
+    adaptive = true
+    count_noise = 1.0
+    [secure_aggregation]
+    clip_range = 3.0
+    neighbours = "log"
+"""
+
+
+def test_private_federated_train_records_epsilon(tmp_path):
+    proc = cyfed_cli("train", "--config", write(tmp_path, PRIVATE), "-o", tmp_path / "m.npz")
+    assert proc.returncode == 0, proc.stderr
+    history = json.loads((tmp_path / "m.history.json").read_text())
+    eps = [h["epsilon"] for h in history]
+    assert eps == sorted(eps) and 0 < eps[-1] <= 5.0
+    assert all(h["secagg_clients"] == 5 for h in history)
 
 
 def test_resume_continues_to_the_same_bits(tmp_path):
