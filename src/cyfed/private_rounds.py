@@ -96,10 +96,15 @@ class PrivateRounds:
         scale[p] = 0.0
         scale[p + 1] = self.privacy.count_std(self.denominator)
         scale /= math.sqrt(self.denominator)
-        key = np.random.SeedSequence([self.seed, rnd, 2]).generate_state(2, np.uint64)
+        bits = np.random.Philox(key=np.random.SeedSequence([self.seed, rnd, 2])
+                                .generate_state(2, np.uint64))
+        normal, state = np.random.Generator(bits).standard_normal, bits.state
         for row, cid in zip(rows, client_ids):
-            stream = np.random.Philox(key=key, counter=[0, 0, 0, int(cid)])
-            row += np.random.Generator(stream).standard_normal(p + 2) * scale
+            # client cid's stream starts at counter (0, 0, 0, cid): disjoint blocks
+            state["state"]["counter"] = np.array([0, 0, 0, cid], dtype=np.uint64)
+            state["buffer_pos"] = 4                  # nothing buffered from the last client
+            bits.state = state
+            row += normal(p + 2) * scale
 
     def server_sum(self, messages, reference, client_ids):
         """(sum of the rows [u, 1, b], number of clients) with the server clipping
