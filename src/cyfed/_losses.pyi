@@ -26,7 +26,9 @@ def loss_grad_sums(
     rows: npt.NDArray[np.intp],
     grad_out: npt.NDArray[np.float64],
     n_threads: int,
-) -> tuple[float, float, int, int]: ...
+    clip_norm: float,
+    row_sq_norms: npt.NDArray[np.float64],
+) -> tuple[float, float, int, int, int]: ...
 def margins(
     X: npt.NDArray[np.floating],
     coef: npt.NDArray[np.floating],

@@ -9,15 +9,20 @@ sums are added in thread order at the end.
 Returned are sums, not means: sum_i w_i l_i, sum_i w_i, and into grad_out
 sum_i w_i dl_i/dtheta (then the intercept part).  Means and the L2 term are the
 caller's business, which is what a distributed trainer needs for its Allreduce.
+
+Optional per-example clipping (DP-SGD): example i's gradient with respect to
+(theta, b) is x_i (x) r_i and r_i, of squared norm ||r_i||^2 (||x_i||^2 + [b]), so
+scaling r_i by min(1, C / that norm) before r x is accumulated clips it without
+ever forming the per-example gradient.
 """
 from cython cimport floating
 from cython.parallel cimport prange
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 
 from cyfed._vector_math cimport (CYFED_NARROW_MAX, CYFED_SOFTMAX_WORK, axpy8, check_block,
-                                 cyfed_have_openmp, cyfed_max_threads, cyfed_prefetch_l2, dot8,
-                                 gemv4, gemv4_vec, ger4, ger4_vec, link, narrow, softmax_lanes,
-                                 softmax_vectors)
+                                 clip_rows, cyfed_have_openmp, cyfed_max_threads,
+                                 cyfed_prefetch_l2, dot8, gemv4, gemv4_vec, ger4, ger4_vec, link,
+                                 narrow, softmax_lanes, softmax_vectors)
 
 import numpy as np
 
@@ -71,9 +76,10 @@ cdef Py_ssize_t choose_threads(Py_ssize_t requested, Py_ssize_t n_blocks,
 cdef int gather_block(int kind, Py_ssize_t n, Py_ssize_t d, Py_ssize_t k,
                       const floating *y, const floating *sw, const Py_ssize_t *rows,
                       Py_ssize_t start, Py_ssize_t m, const floating *X,
-                      const floating **xp, floating *yb, floating *wb,
-                      double *wsum, Py_ssize_t *bad) noexcept nogil:
-    """Collect row pointers, labels and weights of one block, validating them.
+                      const double *row_sq, const floating **xp, floating *yb, floating *wb,
+                      double *nsq, double *wsum, Py_ssize_t *bad) noexcept nogil:
+    """Collect row pointers, labels, weights (and, with row_sq, squared row norms)
+    of one block, validating them.
 
     Pads the block to a multiple of 8 with weight-0 copies of its first row.
     """
@@ -101,6 +107,8 @@ cdef int gather_block(int kind, Py_ssize_t n, Py_ssize_t d, Py_ssize_t k,
         xp[i] = X + row * d
         yb[i] = yv
         wb[i] = wv
+        if row_sq != NULL:
+            nsq[i] = row_sq[row]
         wsum[0] += wv
     for i in range(m, (m + 7) & ~7):
         xp[i] = xp[0]
@@ -122,6 +130,7 @@ cdef struct Scratch:
     void *z          # (B + 8) * kp margins, then gradient multipliers
     void *yb         # B + 8 gathered labels
     void *wb         # B + 8 gathered weights
+    double *nsq      # B gathered squared row norms (clipping with a row subset)
     void *ones       # B unit weights (used when there are no sample weights)
     void *xcopy      # B * d gathered rows (narrow path with a row subset)
     void *gblk       # d * kp + k gradient sums of one block (float32 only)
@@ -133,14 +142,17 @@ cdef int run_blocks(int kind, const floating *X, Py_ssize_t n, Py_ssize_t d, Py_
                     Py_ssize_t kp, int nv, const floating *y, const floating *sw,
                     const Py_ssize_t *rows, Py_ssize_t n_rows, Py_ssize_t B,
                     Py_ssize_t b0, Py_ssize_t b1, const floating *coef,
-                    const floating *intercept, const floating *bpad, Scratch s, double *gacc,
-                    double *sums, Py_ssize_t *bad) noexcept nogil:
-    """Loss and gradient sums over blocks b0..b1-1 into this thread's gacc/sums.
+                    const floating *intercept, const floating *bpad, const double *row_sq,
+                    double clip_sq, Scratch s, double *gacc, double *sums,
+                    Py_ssize_t *bad) noexcept nogil:
+    """Loss and gradient sums over blocks b0..b1-1 into this thread's gacc/sums
+    (sums[0] loss, sums[1] weight, sums[2] rows clipped).
 
     Three paths: narrow X (squared/logistic, d <= CYFED_NARROW_MAX) with
     contiguous rows and compile-time d; softmax with k <= 2 vector lengths on
     register-blocked micro-kernels over W padded to kp columns; and the general
-    four-rows-at-a-time path.
+    four-rows-at-a-time path.  Clipping (row_sq != NULL: the rows' squared norms,
+    clip_sq = C^2) scales the multipliers between the link and the gradient pass.
     """
     cdef floating *zb = <floating *>s.z
     cdef floating *yb = <floating *>s.yb
@@ -160,6 +172,9 @@ cdef int run_blocks(int kind, const floating *X, Py_ssize_t n, Py_ssize_t d, Py_
     cdef Py_ssize_t blk, start, m, mp, i, c, u, off
     cdef int status
     cdef double loss = 0.0, wsum = 0.0
+    cdef double intercept_sq = 1.0 if intercept != NULL else 0.0
+    cdef Py_ssize_t n_clipped = 0
+    cdef const double *nsq = s.nsq if row_sq != NULL else NULL
     cdef bint is_narrow = kind != SOFTMAX and d <= CYFED_NARROW_MAX
     cdef floating b0_ = intercept[0] if intercept != NULL else 0
     cdef const floating *Xb
@@ -182,18 +197,20 @@ cdef int run_blocks(int kind, const floating *X, Py_ssize_t n, Py_ssize_t d, Py_
             if off >= 0:
                 bad[0] = start + off
                 return NEGATIVE_WEIGHT if wp[off] < 0 else BAD_LABEL
-            loss += narrow(kind, Xb, m, d, coef, b0_, intercept != NULL, zb, yp, wp, gsum)
+            loss += narrow(kind, Xb, m, d, coef, b0_, intercept != NULL, zb, yp, wp, gsum,
+                           row_sq + start if row_sq != NULL else NULL, clip_sq, &n_clipped)
             flush_block(gacc, gsum, n_grad)
             continue
-        status = gather_block(kind, n, d, k, y, sw, rows, start, m, X, xp, yb, wb,
-                              &wsum, bad)
+        status = gather_block(kind, n, d, k, y, sw, rows, start, m, X, row_sq, xp, yb, wb,
+                              s.nsq, &wsum, bad)
         if status != OK:
             return status
         if is_narrow:
             for i in range(m):
                 for c in range(d):
                     xcopy[i * d + c] = xp[i][c]
-            loss += narrow(kind, xcopy, m, d, coef, b0_, intercept != NULL, zb, yb, wb, gsum)
+            loss += narrow(kind, xcopy, m, d, coef, b0_, intercept != NULL, zb, yb, wb, gsum,
+                           nsq, clip_sq, &n_clipped)
             flush_block(gacc, gsum, n_grad)
             continue
         if rows == NULL and blk + 1 < b1:
@@ -224,6 +241,8 @@ cdef int run_blocks(int kind, const floating *X, Py_ssize_t n, Py_ssize_t d, Py_
                 for i in range(mp):
                     zb[i] += intercept[0]
         loss += link(kind, zb, yb, wb, mp, k, kp, <floating *>s.work)
+        if row_sq != NULL:
+            n_clipped += clip_rows(zb, m, k, kp, nsq, clip_sq, intercept_sq)
         if kind != SOFTMAX:
             for i in range(0, mp, 8):
                 axpy8(gsum, zb + i, xp + i, d)
@@ -240,13 +259,15 @@ cdef int run_blocks(int kind, const floating *X, Py_ssize_t n, Py_ssize_t d, Py_
         flush_block(gacc, gsum, n_grad)
     sums[0] = loss
     sums[1] = wsum
+    sums[2] = n_clipped
     return OK
 
 
 def loss_grad_sums(int kind, const floating[:, ::1] X, const floating[::1] y,
                    const floating[:, ::1] coef, const floating[::1] intercept,
                    const floating[::1] sample_weight, const Py_ssize_t[::1] rows,
-                   double[::1] grad_out, int n_threads):
+                   double[::1] grad_out, int n_threads, double clip_norm,
+                   const double[::1] row_sq_norms):
     """Weighted loss and gradient sums of one loss over the rows of X.
 
     Parameters (validated by the caller)
@@ -256,13 +277,18 @@ def loss_grad_sums(int kind, const floating[:, ::1] X, const floating[::1] y,
         unless softmax;  intercept : (k,) or empty for none;  sample_weight :
         (n,) or empty for unit weights;  rows : row indices, or empty for all
         rows;  grad_out : (d*k + k,) float64, overwritten with
-        sum_i w_i dl_i/d(coef, intercept);  n_threads >= 1.
+        sum_i w_i dl_i/d(coef, intercept);  n_threads >= 1;
+    clip_norm : C > 0 clips every example's weighted gradient w_i dl_i/d(coef,
+        intercept) to norm C before it is summed (0: no clipping);
+    row_sq_norms : (n,) float64, ||x_i||^2 of every row of X (read only when
+        clipping; float64 whatever X's dtype, so the norms carry no extra rounding).
 
     Returns
     -------
-    (loss_sum, weight_sum, status, bad_index): status is OK or the first
-    problem a thread met (BAD_LABEL / NEGATIVE_WEIGHT at row bad_index,
-    BAD_ROW at position bad_index of rows).
+    (loss_sum, weight_sum, n_clipped, status, bad_index): n_clipped counts the
+    examples whose gradient was scaled down; loss_sum stays unclipped.  status
+    is OK or the first problem a thread met (BAD_LABEL / NEGATIVE_WEIGHT at row
+    bad_index, BAD_ROW at position bad_index of rows).
     """
     cdef Py_ssize_t n = X.shape[0], d = X.shape[1], k = coef.shape[1]
     cdef Py_ssize_t n_rows = rows.shape[0] if rows.shape[0] > 0 else n
@@ -275,7 +301,7 @@ def loss_grad_sums(int kind, const floating[:, ::1] X, const floating[::1] y,
     cdef Py_ssize_t stride = (d * kp + k + 7) & ~7     # threads' accumulators 64 bytes apart
     grad_out[:] = 0
     if n_rows == 0 or n == 0:
-        return 0.0, 0.0, OK, -1
+        return 0.0, 0.0, 0, OK, -1
 
     dtype = np.float32 if floating is float else np.float64
     coef_used = coef
@@ -293,6 +319,7 @@ def loss_grad_sums(int kind, const floating[:, ::1] X, const floating[::1] y,
                                           dtype=dtype)
     cdef size_t[:, ::1] xptr = np.empty((nt, B + 8), dtype=np.uintp)
     cdef double[:, ::1] gacc = np.zeros((nt, stride), dtype=np.float64)
+    cdef double[:, ::1] nsq = np.empty((nt, B if clip_norm > 0 else 1), dtype=np.float64)
     cdef double[:, ::1] sums = np.zeros((nt, 8), dtype=np.float64)
     cdef int[::1] status = np.zeros(nt, dtype=np.intc)
     cdef Py_ssize_t[::1] bad = np.full(nt, -1, dtype=np.intp)
@@ -301,6 +328,7 @@ def loss_grad_sums(int kind, const floating[:, ::1] X, const floating[::1] y,
     cdef const floating *ic = &intercept[0] if intercept.shape[0] > 0 else NULL
     cdef const floating *swp = &sample_weight[0] if sample_weight.shape[0] > 0 else NULL
     cdef const Py_ssize_t *rp = &rows[0] if rows.shape[0] > 0 else NULL
+    cdef const double *row_sq = &row_sq_norms[0] if clip_norm > 0 else NULL
     cdef Py_ssize_t t, j, c
     cdef Scratch *scratch = <Scratch *>PyMem_Malloc(nt * sizeof(Scratch))
     if scratch == NULL:
@@ -309,6 +337,7 @@ def loss_grad_sums(int kind, const floating[:, ::1] X, const floating[::1] y,
         scratch[t].z = &zbuf[t, 0]
         scratch[t].yb = &vbuf[t, 0]
         scratch[t].wb = &vbuf[t, B + 8]
+        scratch[t].nsq = &nsq[t, 0]
         scratch[t].ones = &vbuf[t, 2 * (B + 8)]
         scratch[t].xcopy = &vbuf[t, 3 * (B + 8)]
         scratch[t].gblk = &vbuf[t, 3 * (B + 8) + B * d]
@@ -318,18 +347,19 @@ def loss_grad_sums(int kind, const floating[:, ::1] X, const floating[::1] y,
         for t in prange(nt, nogil=True, num_threads=nt, schedule="static", chunksize=1):
             status[t] = run_blocks(
                 kind, Xp, n, d, k, kp, nv, &y[0], swp, rp, n_rows, B,
-                t * n_blocks // nt, (t + 1) * n_blocks // nt, &W[0, 0], ic, &bpad[0], scratch[t],
-                &gacc[t, 0], &sums[t, 0], &bad[t])
+                t * n_blocks // nt, (t + 1) * n_blocks // nt, &W[0, 0], ic, &bpad[0], row_sq,
+                clip_norm * clip_norm, scratch[t], &gacc[t, 0], &sums[t, 0], &bad[t])
     finally:
         PyMem_Free(scratch)
 
     for t in range(nt):
         if status[t] != OK:
-            return 0.0, 0.0, status[t], bad[t]
-    cdef double loss = 0.0, wsum = 0.0
+            return 0.0, 0.0, 0, status[t], bad[t]
+    cdef double loss = 0.0, wsum = 0.0, n_clipped = 0.0
     for t in range(nt):
         loss += sums[t, 0]
         wsum += sums[t, 1]
+        n_clipped += sums[t, 2]
     for j in range(d):
         for c in range(k):
             grad_out[j * k + c] = 0
@@ -339,7 +369,7 @@ def loss_grad_sums(int kind, const floating[:, ::1] X, const floating[::1] y,
         grad_out[d * k + c] = 0
         for t in range(nt):
             grad_out[d * k + c] += gacc[t, d * kp + c]
-    return loss, wsum, OK, -1
+    return loss, wsum, <Py_ssize_t>n_clipped, OK, -1
 
 
 def margins(const floating[:, ::1] X, const floating[:, ::1] coef,

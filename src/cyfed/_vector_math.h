@@ -20,6 +20,7 @@
 #ifndef CYFED_VECTOR_MATH_H
 #define CYFED_VECTOR_MATH_H
 
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 #include <Python.h>

@@ -37,9 +37,15 @@ cdef extern from "_vector_math.h" nogil:
     double cyfed_link_softmax_f(float*, const float*, const float*, Py_ssize_t, Py_ssize_t,
                                 Py_ssize_t, float*)
     double cyfed_narrow_d(int, const double*, Py_ssize_t, Py_ssize_t, const double*, double,
-                          int, double*, const double*, const double*, double*)
+                          int, double*, const double*, const double*, double*, const double*,
+                          double, Py_ssize_t*)
     double cyfed_narrow_f(int, const float*, Py_ssize_t, Py_ssize_t, const float*, float,
-                          int, float*, const float*, const float*, float*)
+                          int, float*, const float*, const float*, float*, const double*,
+                          double, Py_ssize_t*)
+    Py_ssize_t cyfed_clip_rows_d(double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, const double*,
+                                 double, double)
+    Py_ssize_t cyfed_clip_rows_f(float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, const double*,
+                                 double, double)
     Py_ssize_t cyfed_check_block_d(int, const double*, const double*, Py_ssize_t, double*)
     Py_ssize_t cyfed_check_block_f(int, const float*, const float*, Py_ssize_t, double*)
     void cyfed_gemv4_vec_d(const double**, int, const double*, Py_ssize_t, int, double*,
@@ -135,11 +141,24 @@ cdef inline double link(int kind, floating *z, const floating *y, const floating
 
 cdef inline double narrow(int kind, const floating *Xb, Py_ssize_t m, Py_ssize_t d,
                           const floating *c, floating b, int has_b, floating *z,
-                          const floating *y, const floating *w, floating *g) noexcept nogil:
+                          const floating *y, const floating *w, floating *g,
+                          const double *row_sq, double clip_sq,
+                          Py_ssize_t *n_clipped) noexcept nogil:
     if floating is double:
-        return cyfed_narrow_d(kind, Xb, m, d, c, b, has_b, z, y, w, g)
+        return cyfed_narrow_d(kind, Xb, m, d, c, b, has_b, z, y, w, g, row_sq, clip_sq,
+                              n_clipped)
     else:
-        return cyfed_narrow_f(kind, Xb, m, d, c, b, has_b, z, y, w, g)
+        return cyfed_narrow_f(kind, Xb, m, d, c, b, has_b, z, y, w, g, row_sq, clip_sq,
+                              n_clipped)
+
+
+cdef inline Py_ssize_t clip_rows(floating *z, Py_ssize_t m, Py_ssize_t k, Py_ssize_t ldz,
+                                 const double *row_sq, double clip_sq,
+                                 double intercept_sq) noexcept nogil:
+    if floating is double:
+        return cyfed_clip_rows_d(z, m, k, ldz, row_sq, clip_sq, intercept_sq)
+    else:
+        return cyfed_clip_rows_f(z, m, k, ldz, row_sq, clip_sq, intercept_sq)
 
 
 cdef inline Py_ssize_t check_block(int kind, const floating *y, const floating *w,

@@ -255,18 +255,62 @@ static inline double CYFED_FN(link_softmax)(CYFED_T *CYFED_RESTRICT z,
 }
 
 /*
+ * Per-example clipping (DP-SGD) of m rows of gradient multipliers r_i (row i of z,
+ * stride ldz, k classes): example i's gradient x_i (x) r_i, plus r_i for the
+ * intercept, has squared norm ||r_i||^2 (row_sq[i] + intercept_sq), row_sq[i] =
+ * ||x_i||^2; r_i is scaled so that norm is at most C (clip_sq = C^2).  The norm
+ * and scale are computed in double, so a clipped gradient has norm C to the
+ * rounding of CYFED_T.  Returns how many rows were scaled (weight-0 and padding
+ * rows have r_i = 0 and never are).
+ */
+static Py_ssize_t CYFED_FN(clip_rows)(CYFED_T *CYFED_RESTRICT z, Py_ssize_t m, Py_ssize_t k,
+                                      Py_ssize_t ldz, const double *CYFED_RESTRICT row_sq,
+                                      double clip_sq, double intercept_sq)
+{
+    Py_ssize_t n_clipped = 0;
+    if (k == 1 && ldz == 1) {
+        /* branch-free, so it vectorises (about half the rows clip: a branch mispredicts) */
+        CYFED_PRAGMA(omp simd reduction(+:n_clipped))
+        for (Py_ssize_t i = 0; i < m; ++i) {
+            const double r = (double)z[i], g2 = r * r * (row_sq[i] + intercept_sq);
+            const int over = g2 > clip_sq;
+            z[i] = (CYFED_T)(over ? r * sqrt(clip_sq / g2) : r);
+            n_clipped += over;
+        }
+        return n_clipped;
+    }
+    for (Py_ssize_t i = 0; i < m; ++i) {
+        CYFED_T *zi = z + i * ldz;
+        double rr = 0.0;
+        for (Py_ssize_t c = 0; c < k; ++c)
+            rr += (double)zi[c] * (double)zi[c];
+        const double g2 = rr * (row_sq[i] + intercept_sq);
+        if (g2 > clip_sq) {
+            const double scale = sqrt(clip_sq / g2);
+            for (Py_ssize_t c = 0; c < k; ++c)
+                zi[c] = (CYFED_T)((double)zi[c] * scale);
+            ++n_clipped;
+        }
+    }
+    return n_clipped;
+}
+
+/*
  * Narrow X (d <= CYFED_NARROW_MAX columns, squared/logistic): the block's rows
  * are contiguous (m, D) with D a compile-time constant, so the margin loop and
  * the gradient reduction vectorise across rows (interleaved loads) instead of
  * along a row too short for a vector.  Returns the block's weighted loss and
- * adds sum_i r_i x_i to g[0..D-1] and sum_i r_i to g[D] when has_b.
+ * adds sum_i r_i x_i to g[0..D-1] and sum_i r_i to g[D] when has_b.  With row_sq
+ * (the rows' ||x_i||^2, else NULL) each r_i is clipped first (clip_rows) and the
+ * count of clipped rows is added to *n_clipped.
  */
 #define CYFED_ACC(D, j) if (D > j) g##j += r * x[j];
 #define CYFED_DEFINE_NARROW(D)                                                          \
 static double CYFED_CAT(CYFED_FN(narrow), D)(int kind, const CYFED_T *CYFED_RESTRICT Xb, \
         Py_ssize_t m, const CYFED_T *CYFED_RESTRICT c, CYFED_T b, int has_b,            \
         CYFED_T *CYFED_RESTRICT z, const CYFED_T *y, const CYFED_T *w,                  \
-        CYFED_T *CYFED_RESTRICT g)                                                      \
+        CYFED_T *CYFED_RESTRICT g, const double *row_sq, double clip_sq,                \
+        Py_ssize_t *n_clipped)                                                          \
 {                                                                                       \
     CYFED_PRAGMA(omp simd)                                                              \
     for (Py_ssize_t i = 0; i < m; ++i) {                                                \
@@ -277,6 +321,8 @@ static double CYFED_CAT(CYFED_FN(narrow), D)(int kind, const CYFED_T *CYFED_REST
     }                                                                                   \
     double loss = kind == 0 ? CYFED_FN(link_squared)(z, y, w, m)                        \
                             : CYFED_FN(link_logistic)(z, y, w, m);                      \
+    if (row_sq != NULL)                                                                 \
+        *n_clipped += CYFED_FN(clip_rows)(z, m, 1, 1, row_sq, clip_sq, has_b ? 1.0 : 0.0); \
     /* one scalar accumulator per column (an array-section reduction spills) */      \
     CYFED_T g0 = 0, g1 = 0, g2 = 0, g3 = 0, g4 = 0, g5 = 0, g6 = 0, g7 = 0, gb = 0;     \
     CYFED_T g8 = 0, g9 = 0, g10 = 0, g11 = 0, g12 = 0, g13 = 0, g14 = 0, g15 = 0;      \
@@ -308,10 +354,12 @@ CYFED_DEFINE_NARROW(13) CYFED_DEFINE_NARROW(14) CYFED_DEFINE_NARROW(15) CYFED_DE
 
 static double CYFED_FN(narrow)(int kind, const CYFED_T *Xb, Py_ssize_t m, Py_ssize_t d,
                                const CYFED_T *c, CYFED_T b, int has_b, CYFED_T *z,
-                               const CYFED_T *y, const CYFED_T *w, CYFED_T *g)
+                               const CYFED_T *y, const CYFED_T *w, CYFED_T *g,
+                               const double *row_sq, double clip_sq, Py_ssize_t *n_clipped)
 {
     switch (d) {
-#define CYFED_CASE(D) case D: return CYFED_CAT(CYFED_FN(narrow), D)(kind, Xb, m, c, b, has_b, z, y, w, g);
+#define CYFED_CASE(D) case D: return CYFED_CAT(CYFED_FN(narrow), D)(kind, Xb, m, c, b, has_b, z, y, w, g, \
+                                                                    row_sq, clip_sq, n_clipped);
     CYFED_CASE(1)  CYFED_CASE(2)  CYFED_CASE(3)  CYFED_CASE(4)  CYFED_CASE(5)  CYFED_CASE(6)
     CYFED_CASE(7)  CYFED_CASE(8)  CYFED_CASE(9)  CYFED_CASE(10) CYFED_CASE(11) CYFED_CASE(12)
     CYFED_CASE(13) CYFED_CASE(14) CYFED_CASE(15) CYFED_CASE(16)

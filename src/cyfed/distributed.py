@@ -13,7 +13,10 @@ rank applies the same update to the same parameters:
 Mini-batches are drawn from the *global* row index space with a generator
 seeded by (seed, t), and each rank evaluates the drawn rows it owns, so the
 trajectory does not depend on the number of ranks (only the order of the
-floating-point sums does).
+floating-point sums does).  DP-SGD (``privacy=cyfed.privacy.DPSGD(...)``) keeps
+this shape: Poisson batches of the global rows, per-example clipping inside the
+kernel, and Gaussian noise drawn from a generator every rank seeds alike and
+added after the Allreduce.
 """
 import numbers
 import time
@@ -22,9 +25,11 @@ from pathlib import Path
 import numpy as np
 
 from cyfed import _validation as check
+from cyfed import accountant
 from cyfed import checkpoint
 from cyfed import gradients
 from cyfed.comm import LocalComm
+from cyfed.privacy import DPSGD
 from cyfed.schedules import get_schedule
 
 
@@ -133,24 +138,60 @@ class DistributedGD:
         `checkpoint_every` iterations and at the end; with resume=True, fit()
         continues from an existing checkpoint of the same config and data (same
         shards: the data digest is per rank) and ends bit-identical.
+    privacy : cyfed.privacy.DPSGD or None
+        Example-level differential privacy by DP-SGD (Abadi et al. 2016,
+        arXiv:1607.00133); batch_size must then be None.  With C = clip_norm,
+        q = sample_rate, N the global row count and z the noise multiplier
+        (given, or calibrated once before training so that epsilon after
+        max_iter steps is <= target_epsilon), iteration t
+
+        1. draws the batch B_t by Poisson sampling: every global row enters
+           independently with probability q, from a generator seeded by (seed, t)
+           (geometric gaps between the drawn rows: O(qN) work, and the same batch
+           whatever the number of ranks; each rank takes the rows it holds);
+        2. sums the examples' weighted gradients g_i = w_i dl_i/d(coef, intercept),
+           each clipped to norm C in the kernel, clip_C(g) = g min(1, C / ||g||)
+           (the norm over coef and intercept together), and Allreduces the sums;
+        3. adds noise xi_t ~ N(0, (z C)^2 I) of size d k + k, drawn on every rank
+           from a generator seeded by (seed, t, 1), so all ranks add the same draw:
+
+               g_t = ( sum_{i in B_t} clip_C(g_i) + xi_t ) / (q N) + l2 theta_t,
+
+           the denominator being the expected batch size q N (data-independent,
+           so one example moves the sum by at most C); an empty batch steps on
+           the noise alone.  With sample weights this estimates the gradient of
+           (1/N) sum_i w_i l_i (the weighted mean when the weights average 1).
+
+        Momentum, schedules, checkpoints and resume work as without privacy.  The
+        recorded 'loss' is sum_{i in B_t} w_i l_i / (q N) + (l2/2) ||theta_t||^2, an
+        unbiased but noisy estimate (and itself not privatised: it is for
+        monitoring); a tol stopping rule compares these noisy values, so use a
+        small tol or none.
 
     Attributes
     ----------
     coef_ : (d,) or (d, k) float64;  intercept_ : float or (k,) float64
     n_iter_ : updates applied;  history_ : list of dicts per iteration with
-    'iter', 'loss' (at theta_t, before its update), 'grad_norm', 'lr', 'seconds'.
+    'iter', 'loss' (at theta_t, before its update), 'grad_norm', 'lr', 'seconds'
+    and, with privacy, 'batch_size' (|B_t|), 'clipped_fraction' (the share of B_t
+    whose gradient norm exceeded C; 0 for an empty batch) and 'epsilon' (after
+    t + 1 steps, at privacy.delta; omitted when delta is None).
+    noise_multiplier_ : z used (with privacy);  accountant_ :
+    `cyfed.accountant.RDPAccountant` holding the privacy spent over n_iter_ steps.
     """
 
     def __init__(self, loss="squared", *, lr=0.01, max_iter=100, batch_size=None,
                  fit_intercept=True, l2=0.0, momentum=0.0, nesterov=False,
                  lr_schedule="constant", tol=None, gtol=None, seed=0, n_threads=None,
-                 comm=None, checkpoint=None, checkpoint_every=10, resume=False):
+                 comm=None, checkpoint=None, checkpoint_every=10, resume=False,
+                 privacy=None):
         self.loss, self.lr, self.max_iter, self.batch_size = loss, lr, max_iter, batch_size
         self.fit_intercept, self.l2 = fit_intercept, l2
         self.momentum, self.nesterov, self.lr_schedule = momentum, nesterov, lr_schedule
         self.tol, self.gtol, self.seed, self.n_threads = tol, gtol, seed, n_threads
         self.comm = comm
         self.checkpoint, self.checkpoint_every, self.resume = checkpoint, checkpoint_every, resume
+        self.privacy = privacy
 
     # -- checks ---------------------------------------------------------------
 
@@ -174,6 +215,14 @@ class DistributedGD:
         if not isinstance(self.checkpoint_every, numbers.Integral) or self.checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be an int >= 1, got "
                              f"{self.checkpoint_every!r}")
+        if self.privacy is not None:
+            if not isinstance(self.privacy, DPSGD):
+                raise TypeError(f"privacy must be a cyfed.privacy.DPSGD or None, got "
+                                f"{type(self.privacy).__name__}")
+            self.privacy.check()
+            if self.batch_size is not None:
+                raise ValueError("batch_size must be None with privacy: DP-SGD draws Poisson "
+                                 "batches of expected size privacy.sample_rate * n_samples")
         return get_schedule(self.lr_schedule)
 
     # -- training -------------------------------------------------------------
@@ -205,7 +254,17 @@ class DistributedGD:
         coef, intercept = on_every_rank(
             comm, lambda: self._initial_model(problem.kind, d, k, coef_init, intercept_init))
         velocity = np.zeros(dk + k)
-        buf = np.empty(dk + k + 3)                  # [grad sums, loss, weight, error flag]
+        buf = np.empty(dk + k + 4)          # [grad sums, loss, weight, n_clipped, error flag]
+        dp = self.privacy
+        if dp is not None:
+            q, clip = float(dp.sample_rate), float(dp.clip_norm)
+            z = self.noise_multiplier_ = dp.noise_for(q, self.max_iter)
+            # the RDP of one step, once: epsilon after t steps is that of t times it
+            step_rdp = accountant.rdp(z, q)
+            self.accountant_ = accountant.RDPAccountant()
+            expected_batch = q * n_global
+        else:
+            clip = None
         no_intercept = np.empty(0, dtype=problem.dtype)
         self.history_ = []
         self.n_iter_ = 0
@@ -219,23 +278,30 @@ class DistributedGD:
                     coef, intercept, velocity, prev_loss, first, done = restored
         start = time.perf_counter()
         for t in range(first, self.max_iter if not done else first):
-            rows = self._local_batch(t, n_global, offset, problem.n)
+            if dp is None:
+                rows = self._local_batch(t, n_global, offset, problem.n)
+            else:
+                rows, batch_size = self._poisson_batch(t, q, n_global, offset, problem.n)
             work_coef = coef.astype(problem.dtype, copy=False)
             work_b = intercept.astype(problem.dtype) if self.fit_intercept else no_intercept
-            loss_sum, weight_sum, error = self._local_sums(problem, work_coef, work_b, rows,
-                                                           buf, threads)
-            buf[dk + k:] = loss_sum, weight_sum, 0.0 if error is None else 1.0
+            loss_sum, weight_sum, n_clipped, error = self._local_sums(
+                problem, work_coef, work_b, rows, buf, threads, clip)
+            buf[dk + k:] = loss_sum, weight_sum, n_clipped, 0.0 if error is None else 1.0
             comm.allreduce_sum(buf)
             if buf[-1] > 0:
                 raise_if_any(comm, error)
-            weight = buf[dk + k + 1]
-            if not weight > 0:
-                raise ValueError("sample_weight sums to 0 over the rows of iteration "
-                                 f"{t}: weights must have a positive sum")
+            if dp is None:
+                scale = buf[dk + k + 1]
+                if not scale > 0:
+                    raise ValueError("sample_weight sums to 0 over the rows of iteration "
+                                     f"{t}: weights must have a positive sum")
+            else:
+                scale = expected_batch
+                buf[:dk + k] += self._noise(t, z * clip, dk, k)
             with np.errstate(over="ignore", invalid="ignore"):   # divergence is checked below
-                grad = buf[:dk + k] / weight
+                grad = buf[:dk + k] / scale
                 grad[:dk] += self.l2 * coef.ravel()
-                loss = buf[dk + k] / weight + 0.5 * self.l2 * float(coef.ravel() @ coef.ravel())
+                loss = buf[dk + k] / scale + 0.5 * self.l2 * float(coef.ravel() @ coef.ravel())
                 grad_norm = float(np.linalg.norm(grad))
             if not (np.isfinite(loss) and np.isfinite(grad_norm)):
                 self._store(coef, intercept, k)
@@ -245,9 +311,16 @@ class DistributedGD:
                     f"(loss={loss}, lr={schedule(self.lr, t, self.max_iter)}); try a smaller "
                     "learning rate. coef_/intercept_ hold the last finite model.")
             lr_t = schedule(self.lr, t, self.max_iter)
-            self.history_.append({"iter": t, "loss": float(loss), "grad_norm": grad_norm,
-                                  "lr": float(lr_t),
-                                  "seconds": time.perf_counter() - start})
+            record = {"iter": t, "loss": float(loss), "grad_norm": grad_norm, "lr": float(lr_t)}
+            if dp is not None:
+                record["batch_size"] = batch_size
+                record["clipped_fraction"] = (float(buf[dk + k + 2] / batch_size) if batch_size
+                                              else 0.0)
+                if dp.delta is not None:
+                    record["epsilon"] = accountant.rdp_to_epsilon(
+                        (t + 1) * step_rdp, accountant.DEFAULT_ORDERS, dp.delta)[0]
+            record["seconds"] = time.perf_counter() - start
+            self.history_.append(record)
             if callback is not None:
                 callback(self.history_[-1])
             if (self.gtol is not None and grad_norm <= self.gtol) or (
@@ -272,7 +345,15 @@ class DistributedGD:
         if self.checkpoint is not None:
             self._save(comm, fingerprint, coef, intercept, velocity, prev_loss, True)
         self._store(coef, intercept, k)
+        if dp is not None:
+            self._account()
         return self
+
+    def _account(self):
+        """Bring accountant_ up to the n_iter_ steps taken (with privacy)."""
+        if self.accountant_.steps < self.n_iter_:
+            self.accountant_.step(self.noise_multiplier_, self.privacy.sample_rate,
+                                  steps=self.n_iter_ - self.accountant_.steps)
 
     # -- checkpoints ----------------------------------------------------------
 
@@ -280,17 +361,22 @@ class DistributedGD:
         """Digests of what determines the result: the config, and every rank's shard."""
         names = ("loss", "lr", "max_iter", "batch_size", "fit_intercept", "l2", "momentum",
                  "nesterov", "lr_schedule", "tol", "gtol", "seed")
-        config = checkpoint.digest({n: getattr(self, n) for n in names})
+        config = {n: getattr(self, n) for n in names}
+        if self.privacy is not None:    # only then: digests of runs without it stay as they were
+            config["privacy"] = self.privacy.hyper_parameters()
+        config = checkpoint.digest(config)
         mine = checkpoint.digest(problem.X, problem.y, problem.sample_weight)
         return config, checkpoint.digest(comm.allgather_obj(mine))
 
     def _save(self, comm, fingerprint, coef, intercept, velocity, prev_loss, done):
         if comm.rank == 0:
+            meta = {"iteration": self.n_iter_, "done": done, "prev_loss": prev_loss,
+                    "history": self.history_, "config": fingerprint[0], "data": fingerprint[1]}
+            if self.privacy is not None:
+                self._account()
+                meta["accountant"] = self.accountant_.state_dict()
             checkpoint.save(self.checkpoint,
-                            {"coef": coef, "intercept": intercept, "velocity": velocity},
-                            {"iteration": self.n_iter_, "done": done, "prev_loss": prev_loss,
-                             "history": self.history_, "config": fingerprint[0],
-                             "data": fingerprint[1]})
+                            {"coef": coef, "intercept": intercept, "velocity": velocity}, meta)
 
     def _restore(self, comm, fingerprint):
         """(coef, intercept, velocity, prev_loss, next iteration, done) or None."""
@@ -307,6 +393,8 @@ class DistributedGD:
                              "another sharding over ranks); refusing to resume from it")
         self.history_ = list(meta["history"])
         self.n_iter_ = int(meta["iteration"])
+        if self.privacy is not None:
+            self.accountant_.load_state_dict(meta["accountant"])
         return (np.array(arrays["coef"]), np.array(arrays["intercept"]),
                 np.array(arrays["velocity"]), meta["prev_loss"], self.n_iter_, meta["done"])
 
@@ -346,18 +434,49 @@ class DistributedGD:
         mine = batch[(batch >= offset) & (batch < offset + n_local)] - offset
         return np.sort(mine).astype(np.intp)
 
+    def _poisson_batch(self, t, q, n_global, offset, n_local):
+        """(this rank's rows of iteration t's Poisson batch, the global batch size).
+
+        Every global row is in the batch independently with probability q: the gaps
+        between consecutive drawn rows are Geometric(q), so drawing them costs O(qN)
+        and every rank draws the same positions from (seed, t); the chunk size
+        depends only on (q, N), so the draw is independent of the rank count too.
+        """
+        rng = np.random.default_rng([self.seed, t])
+        mean = q * n_global
+        chunk = int(mean + 4 * np.sqrt(mean) + 16)   # a second chunk is rarely needed
+        parts, last = [], -1
+        while last < n_global:
+            positions = last + np.cumsum(rng.geometric(q, size=chunk))
+            parts.append(positions)
+            last = positions[-1]
+        batch = np.concatenate(parts)
+        size = int(np.searchsorted(batch, n_global))
+        lo, hi = np.searchsorted(batch[:size], [offset, offset + n_local])
+        return (batch[lo:hi] - offset).astype(np.intp), size
+
+    def _noise(self, t, std, dk, k):
+        """DP-SGD's N(0, std^2) noise of iteration t: the same draw on every rank."""
+        noise = np.random.default_rng([self.seed, t, 1]).normal(0.0, std, size=dk + k)
+        if not self.fit_intercept:
+            noise[dk:] = 0          # the intercept is not trained: no gradient to privatise
+        return noise
+
     @staticmethod
-    def _local_sums(problem, coef, intercept, rows, buf, threads):
-        """Kernel sums of this rank's rows into buf: (loss_sum, weight_sum, error or None)."""
+    def _local_sums(problem, coef, intercept, rows, buf, threads, clip_norm):
+        """Kernel sums of this rank's rows into buf, each example's gradient clipped to
+        clip_norm unless it is None: (loss_sum, weight_sum, n_clipped, error or None)."""
         out = buf[:coef.size + coef.shape[1]]
         if problem.n == 0:
             out[:] = 0
-            return 0.0, 0.0, None
+            return 0.0, 0.0, 0, None
         try:
-            return (*problem.sums(coef, intercept, rows, out, threads), None)
+            if clip_norm is None:
+                return (*problem.sums(coef, intercept, rows, out, threads), 0, None)
+            return (*problem.clipped_sums(coef, intercept, rows, out, threads, clip_norm), None)
         except ValueError as exc:
             out[:] = 0
-            return 0.0, 0.0, exc
+            return 0.0, 0.0, 0, exc
 
     def _store(self, coef, intercept, k):
         self.coef_ = coef[:, 0].copy() if k == 1 else coef.copy()

@@ -16,6 +16,8 @@ The working dtype is X's: float32 and float64 are kept, integer and bool X
 become float64; y, coef, intercept and sample_weight are cast to it and the
 gradients come back in it.  Sums are accumulated in float64 either way.
 """
+import numbers
+
 import numpy as np
 
 from cyfed import _validation as check
@@ -87,8 +89,8 @@ def _raise_non_finite(what, X, y, sample_weight, rows):
 class Problem:
     """Validated data of one loss: X (n, d) C-contiguous, y (n,) and weights in X's dtype.
 
-    Built once by `prepare`; trainers then call `sums` every iteration with no
-    further checks.
+    Built once by `prepare`; trainers then call `sums` (or `clipped_sums`) every
+    iteration with no further checks.
     """
 
     def __init__(self, kind_name, X, y, sample_weight):
@@ -97,6 +99,15 @@ class Problem:
         self.sample_weight = sample_weight          # empty array: unit weights
         self.n, self.d = X.shape
         self.dtype = X.dtype
+        self._row_sq_norms = None
+
+    @property
+    def row_sq_norms(self):
+        """||x_i||^2 of every row, float64 (also for float32 X, so the clipping
+        threshold carries no float32 rounding); computed on first use and kept."""
+        if self._row_sq_norms is None:
+            self._row_sq_norms = np.einsum("ij,ij->i", self.X, self.X, dtype=np.float64)
+        return self._row_sq_norms
 
     def sums(self, coef2d, intercept, rows, out, n_threads):
         """Kernel sums at (coef2d, intercept) into out[:d*k+k]: (loss_sum, weight_sum).
@@ -105,17 +116,28 @@ class Problem:
         array or None for all rows.  Raises ValueError for bad labels, negative
         weights or row indices out of range.
         """
+        loss_sum, weight_sum, _ = self._sums(coef2d, intercept, rows, out, n_threads, 0.0,
+                                             _NO_NORMS)
+        return loss_sum, weight_sum
+
+    def clipped_sums(self, coef2d, intercept, rows, out, n_threads, clip_norm):
+        """As `sums`, with every example's weighted gradient w_i dl_i/d(coef, intercept)
+        clipped to L2 norm clip_norm (> 0) before it is summed (the loss sum stays
+        unclipped): (loss_sum, weight_sum, n_clipped)."""
+        return self._sums(coef2d, intercept, rows, out, n_threads, clip_norm, self.row_sq_norms)
+
+    def _sums(self, coef2d, intercept, rows, out, n_threads, clip_norm, row_sq_norms):
         idx = _ALL_ROWS if rows is None else rows
         if rows is not None and len(rows) == 0:
             out[:] = 0
-            return 0.0, 0.0
-        loss_sum, weight_sum, status, bad = _kernels.loss_grad_sums(
+            return 0.0, 0.0, 0
+        loss_sum, weight_sum, n_clipped, status, bad = _kernels.loss_grad_sums(
             self.kind, self.X, self.y, coef2d, intercept, self.sample_weight, idx, out,
-            n_threads)
+            n_threads, clip_norm, row_sq_norms)
         if status != Status.OK:
             _raise_kernel_status(status, bad, self.kind, coef2d.shape[1], self.y,
                                  self.sample_weight, idx, self.n)
-        return loss_sum, weight_sum
+        return loss_sum, weight_sum, n_clipped
 
     def raise_non_finite(self, what, rows=None):
         """Name the non-finite input behind a non-finite result, or call it an overflow."""
@@ -124,6 +146,7 @@ class Problem:
 
 
 _ALL_ROWS = np.empty(0, dtype=np.intp)
+_NO_NORMS = np.empty(0, dtype=np.float64)
 
 
 def prepare(loss, X, y, sample_weight=None, *, allow_empty=False):
@@ -135,6 +158,27 @@ def prepare(loss, X, y, sample_weight=None, *, allow_empty=False):
     sw = (np.empty(0, dtype=X.dtype) if sample_weight is None
           else check.vector(sample_weight, "sample_weight", n, X.dtype))
     return Problem(loss, X, y, sw)
+
+
+def _checked_sums(loss, X, y, coef, intercept, sample_weight, rows, n_threads, clip_norm):
+    """Validate the arguments of `loss_grad` / `clipped_grad_sum` and run the kernel:
+    (problem, coef2d, grad sums (d*k + k,) float64, loss_sum, weight_sum, n_clipped)."""
+    problem = prepare(loss, X, y, sample_weight)
+    coef2d = coef_2d(coef, problem.kind, problem.d, problem.dtype)
+    b = intercept_1d(intercept, coef2d.shape[1], problem.dtype)
+    idx = None if rows is None else check.row_indices(rows, problem.n)
+    threads = check.n_threads(n_threads, _kernels.max_threads())
+
+    grad = np.empty(coef2d.size + coef2d.shape[1], dtype=np.float64)
+    if clip_norm is None:
+        loss_sum, weight_sum = problem.sums(coef2d, b, idx, grad, threads)
+        n_clipped = 0
+    else:
+        loss_sum, weight_sum, n_clipped = problem.clipped_sums(coef2d, b, idx, grad, threads,
+                                                               clip_norm)
+    if not np.isfinite(loss_sum) or not np.isfinite(grad).all():
+        problem.raise_non_finite("loss" if not np.isfinite(loss_sum) else "gradient", idx)
+    return problem, coef2d, grad, loss_sum, weight_sum, n_clipped
 
 
 def loss_grad(loss, X, y, coef, intercept=None, *, l2=0.0, sample_weight=None, rows=None,
@@ -168,20 +212,11 @@ def loss_grad(loss, X, y, coef, intercept=None, *, l2=0.0, sample_weight=None, r
     range, negative weights, NaN/Inf inputs (naming the argument);
     FloatingPointError when finite inputs overflow.
     """
-    problem = prepare(loss, X, y, sample_weight)
-    d, dtype = problem.d, problem.dtype
-    coef_in_shape = np.shape(coef)
-    coef2d = coef_2d(coef, problem.kind, d, dtype)
-    k = coef2d.shape[1]
-    b = intercept_1d(intercept, k, dtype)
-    idx = None if rows is None else check.row_indices(rows, problem.n)
     l2 = check.nonnegative_float(l2, "l2")
-    threads = check.n_threads(n_threads, _kernels.max_threads())
-
-    grad = np.empty(d * k + k, dtype=np.float64)
-    loss_sum, weight_sum = problem.sums(coef2d, b, idx, grad, threads)
-    if not np.isfinite(loss_sum) or not np.isfinite(grad).all():
-        problem.raise_non_finite("loss" if not np.isfinite(loss_sum) else "gradient", idx)
+    problem, coef2d, grad, loss_sum, weight_sum, _ = _checked_sums(
+        loss, X, y, coef, intercept, sample_weight, rows, n_threads, None)
+    d, dtype, k = problem.d, problem.dtype, coef2d.shape[1]
+    coef_in_shape = np.shape(coef)
     if not weight_sum > 0:
         raise ValueError("sample_weight must have a positive sum over the rows used, "
                          f"got {weight_sum}")
@@ -203,6 +238,55 @@ def loss_grad(loss, X, y, coef, intercept=None, *, l2=0.0, sample_weight=None, r
     else:
         grad_intercept = grad[d * k:].astype(dtype)
     return float(value), grad_coef, grad_intercept
+
+
+def clipped_grad_sum(loss, X, y, coef, intercept=None, *, clip_norm, sample_weight=None,
+                     rows=None, n_threads=None):
+    """Sums of per-example gradients, each clipped to L2 norm clip_norm (DP-SGD).
+
+    Example i's gradient g_i = w_i dl_i/d(coef, intercept) (the intercept part
+    included when intercept is not None) is scaled to g_i min(1, C / ||g_i||)
+    inside the compiled kernel: for these linear models g_i = x_i (x) r_i (and r_i
+    for the intercept), so ||g_i||^2 = ||r_i||^2 (||x_i||^2 + 1) and no per-example
+    gradient is ever formed.
+
+    Parameters
+    ----------
+    loss, X, y, coef, intercept, sample_weight, rows, n_threads
+        As in `loss_grad`.  Sample weights scale the example's gradient before it
+        is clipped; the weights may sum to 0 (an empty batch gives zero sums).
+    clip_norm : float > 0
+        C, the largest L2 norm an example's gradient keeps.
+
+    Returns
+    -------
+    loss_sum : float
+        sum_i w_i l_i, unclipped.
+    grad_sum_coef : float64 array shaped like coef
+        sum_i of the clipped coef parts (float64 whatever X's dtype: sums, meant
+        to be added further, e.g. over ranks).
+    grad_sum_intercept : float, float64 array of shape (k,) for softmax, or None
+        without intercept
+    n_clipped : int
+        Number of examples whose gradient norm exceeded C.
+
+    Raises
+    ------
+    As `loss_grad`; ValueError when clip_norm is not a finite number > 0.
+    """
+    if isinstance(clip_norm, bool) or not isinstance(clip_norm, numbers.Real):
+        raise TypeError(f"clip_norm must be a real number, got {type(clip_norm).__name__}")
+    if not (np.isfinite(clip_norm) and clip_norm > 0):
+        raise ValueError(f"clip_norm must be a finite number > 0, got {clip_norm!r}")
+    problem, coef2d, grad, loss_sum, _, n_clipped = _checked_sums(
+        loss, X, y, coef, intercept, sample_weight, rows, n_threads, float(clip_norm))
+    dk, k = coef2d.size, coef2d.shape[1]
+    grad_coef = grad[:dk].reshape(np.shape(coef))
+    if intercept is None:
+        grad_intercept = None
+    else:
+        grad_intercept = float(grad[dk]) if k == 1 else grad[dk:]
+    return float(loss_sum), grad_coef, grad_intercept, int(n_clipped)
 
 
 def margins(X, coef, intercept=None, *, n_threads=None):
