@@ -5,7 +5,14 @@ this module is the only one that does, lazily, so `import cyfed` works with no
 MPI library installed.  Arrays travel through mpi4py's buffer methods
 (`Allreduce(MPI.IN_PLACE, buf)`, `Bcast`, `Gather`, `Gatherv`); pickling is
 only for small objects.
+
+Point-to-point messages (`send`, `recv`, `isend`, `irecv`, `wait`, `waitany`,
+`iprobe`) are an extension outside the `Communicator` protocol, used by the
+asynchronous trainer's real MPI mode: arrays only (mpi4py's uppercase `Send`,
+`Isend`, `Irecv`, `Request.Waitany`), `source=None` / `tag=None` meaning any.
+Requests are opaque objects handed back to `wait` / `waitany`.
 """
+from collections import deque
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -86,6 +93,50 @@ class LocalComm:
     def abort(self, message, code=1):
         raise SystemExit(f"cyfed: {message}")
 
+    # -- point-to-point: messages to oneself (rank 0), matched in order by tag --------
+
+    def _mailbox(self):
+        box = self.__dict__.get("_box")
+        if box is None:
+            box = self.__dict__["_box"] = deque()
+        return box
+
+    @staticmethod
+    def _check_peer(peer, what):
+        if peer not in (0, None):
+            raise ValueError(f"{what} must be 0 (or None) on a LocalComm, got {peer!r}")
+
+    def send(self, buf, dest, tag=0):
+        self._check_peer(dest, "dest")
+        self._mailbox().append((tag, np.array(buf, copy=True)))
+
+    def isend(self, buf, dest, tag=0):
+        self.send(buf, dest, tag)
+        return _LocalRequest(self, None, None)
+
+    def irecv(self, buf, source=None, tag=None):
+        self._check_peer(source, "source")
+        return _LocalRequest(self, buf, tag)
+
+    def recv(self, buf, source=None, tag=None):
+        return self.irecv(buf, source, tag).wait()
+
+    def wait(self, request):
+        return request.wait()
+
+    def waitany(self, requests):
+        """(index, source, tag) of the first of `requests` that a queued message completes."""
+        for i, req in enumerate(requests):
+            if req is not None and req.ready():
+                source, tag = req.wait()
+                return i, source, tag
+        raise RuntimeError("waitany on a LocalComm: no message can complete any request "
+                           "(it would wait forever)")
+
+    def iprobe(self, source=None, tag=None):
+        self._check_peer(source, "source")
+        return any(tag is None or t == tag for t, _ in self._mailbox())
+
 
 class MPIComm:
     """Communicator over an mpi4py communicator (default COMM_WORLD)."""
@@ -148,6 +199,82 @@ class MPIComm:
         sys.stderr.write(f"cyfed: rank {self.rank}: {message}\n")
         sys.stderr.flush()
         self.comm.Abort(code)
+
+    # -- point-to-point (arrays through the uppercase buffer methods) -----------------
+
+    def _peer(self, peer):
+        return self._MPI.ANY_SOURCE if peer is None else peer
+
+    def _tag(self, tag):
+        return self._MPI.ANY_TAG if tag is None else tag
+
+    def send(self, buf, dest, tag=0):
+        """Blocking send of a C-contiguous array to rank `dest`."""
+        self.comm.Send(buf, dest=dest, tag=tag)
+
+    def recv(self, buf, source=None, tag=None):
+        """Blocking receive into `buf`; returns (source, tag) of the message."""
+        status = self._MPI.Status()
+        self.comm.Recv(buf, source=self._peer(source), tag=self._tag(tag), status=status)
+        return status.Get_source(), status.Get_tag()
+
+    def isend(self, buf, dest, tag=0):
+        """Non-blocking send; keep `buf` unchanged until the request completes."""
+        return self.comm.Isend(buf, dest=dest, tag=tag)
+
+    def irecv(self, buf, source=None, tag=None):
+        """Non-blocking receive into `buf`; a request for `wait` / `waitany`."""
+        return self.comm.Irecv(buf, source=self._peer(source), tag=self._tag(tag))
+
+    def wait(self, request):
+        """Complete `request`; (source, tag) of a receive."""
+        status = self._MPI.Status()
+        request.Wait(status)
+        return status.Get_source(), status.Get_tag()
+
+    def waitany(self, requests):
+        """Wait for one of `requests` (a list; None entries are skipped) to complete:
+        (index, source, tag).  The list entry is left as it is: replace or drop it."""
+        status = self._MPI.Status()
+        reqs = [self._MPI.REQUEST_NULL if r is None else r for r in requests]
+        index = self._MPI.Request.Waitany(reqs, status)
+        if index == self._MPI.UNDEFINED:
+            raise RuntimeError("waitany: no active request")
+        return index, status.Get_source(), status.Get_tag()
+
+    def iprobe(self, source=None, tag=None):
+        """Whether a matching message is waiting to be received."""
+        return bool(self.comm.Iprobe(source=self._peer(source), tag=self._tag(tag)))
+
+
+class _LocalRequest:
+    """A LocalComm request: a completed send, or a receive matched when waited on."""
+
+    def __init__(self, comm, buf, tag):
+        self._comm, self._buf, self._tag, self._done = comm, buf, tag, buf is None
+
+    def _match(self):
+        box = self._comm._mailbox()
+        for i, (tag, data) in enumerate(box):
+            if self._tag is None or tag == self._tag:
+                return i, tag, data
+        return None
+
+    def ready(self):
+        return self._done or self._match() is not None
+
+    def wait(self):
+        if self._done:
+            return 0, self._tag
+        found = self._match()
+        if found is None:
+            raise RuntimeError("receive on a LocalComm with no matching message sent "
+                               "(it would wait forever)")
+        i, tag, data = found
+        del self._comm._mailbox()[i]
+        np.copyto(self._buf.reshape(-1)[:data.size], data.reshape(-1))
+        self._done, self._tag = True, tag
+        return 0, tag
 
 
 def _abort_on_uncaught_exception(comm):

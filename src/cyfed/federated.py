@@ -427,6 +427,44 @@ class FederatedTrainer:
         self._store(self.theta_, r["d"], r["k"])
         return record
 
+    def train_clients(self, theta, client_ids, rnd):
+        """Train the clients `client_ids` (hosted on this rank) from `theta`, after `setup`.
+
+        Each client runs the trainer's local training (epochs, batch size, lr,
+        momentum, the strategy's proximal term) from the same `theta`, its
+        shuffles seeded by (seed, rnd, client id), all of them in one compiled
+        call.  No server state is read or written (client corrections and
+        messages of stateful strategies such as SCAFFOLD are not applied).
+
+        Parameters
+        ----------
+        theta : (p,) float array, p = d k + k
+        client_ids : sequence of ints, each hosted on this rank
+        rnd : int >= 0, seeds the clients' shuffles
+
+        Returns
+        -------
+        models : (m, p) float64, the local models (a fresh array)
+        n_samples : (m,) float64;  losses : (m,) float64 mean local loss;
+        steps : (m,) intp local steps taken
+        """
+        r = self._run
+        ids = np.asarray(client_ids, dtype=np.int64).ravel()
+        if not np.all(np.isin(ids, r["hosted_ids"])):
+            missing = [int(c) for c in ids[~np.isin(ids, r["hosted_ids"])]]
+            raise ValueError(f"client_ids {missing} are not hosted on rank {r['comm'].rank}")
+        theta = np.ascontiguousarray(theta, dtype=np.float64)
+        if self.strategy.message_width(theta.size) != theta.size:
+            raise ValueError(f"train_clients needs a strategy whose clients send their model "
+                             f"(FedAvg, FedProx, ...), not {type(self.strategy).__name__}")
+        local_epochs = np.full(len(ids), r["epochs"], dtype=np.intp)
+        models, info = self._train_local(r["problem"], r["offsets"], r["hosted_ids"], ids,
+                                         np.arange(len(ids)), local_epochs, theta, theta,
+                                         r["k"], r["batch"], r["max_steps"], r["lr"],
+                                         r["threads"], rnd, {})
+        return (np.array(models[:, :theta.size]), info[:, 1].copy(), info[:, 2].copy(),
+                info[:, 3].astype(np.intp))
+
     def _aggregate(self, theta, messages, info, rnd, record):
         """The strategy's step from every reporting client's message (rank 0)."""
         if len(info) == 0:
