@@ -24,10 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from cyfed import _validation as check
-from cyfed import checkpoint, gradients
+from cyfed import aggregate, checkpoint, compress, gradients
 from cyfed._simd import load
 from cyfed.attacks import Attack
 from cyfed.comm import LocalComm
+from cyfed.compressed_rounds import Downlink, Uplink
 from cyfed.data import shard_rows
 from cyfed.distributed import agree_on_data, local_labels_max, on_every_rank
 from cyfed.privacy import ClientDP
@@ -91,7 +92,8 @@ class FederatedTrainer:
                  l2=0.0, momentum=0.0, max_local_steps=None, fit_intercept=True,
                  dropout=0.0, straggler_fraction=0.0, seed=0, n_workers=None, comm=None,
                  attack=None, checkpoint=None, checkpoint_every=1, resume=False,
-                 sampling="fixed", privacy=None, secure_aggregation=None):
+                 sampling="fixed", privacy=None, secure_aggregation=None, compression=None,
+                 error_feedback=False, downlink_compression=None):
         self.strategy, self.loss, self.rounds = strategy, loss, rounds
         self.clients_per_round, self.fraction, self.min_clients = (clients_per_round, fraction,
                                                                    min_clients)
@@ -103,6 +105,8 @@ class FederatedTrainer:
         self.checkpoint, self.checkpoint_every, self.resume = checkpoint, checkpoint_every, resume
         self.sampling, self.privacy = sampling, privacy
         self.secure_aggregation = secure_aggregation
+        self.compression, self.error_feedback = compression, error_feedback
+        self.downlink_compression = downlink_compression
 
     # -- set-up -----------------------------------------------------------------
 
@@ -138,7 +142,24 @@ class FederatedTrainer:
             raise ValueError(f"checkpoint_every must be an int >= 1, got "
                              f"{self.checkpoint_every!r}")
         self._check_private()
+        self._check_compression()
         return s
+
+    def _check_compression(self):
+        for name in ("compression", "downlink_compression"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, compress.Compressor):
+                raise TypeError(f"{name} must be a cyfed.compress compressor (FP16(), TopK(k), "
+                                f"...) or None, got {type(value).__name__}")
+        if not isinstance(self.error_feedback, bool):
+            raise TypeError(f"error_feedback must be a bool, got "
+                            f"{type(self.error_feedback).__name__}")
+        if self.error_feedback and self.compression is None:
+            raise ValueError("error_feedback needs compression (the uplink compressor)")
+        if self.compression is not None and (self.privacy is not None
+                                             or self.secure_aggregation is not None):
+            raise ValueError("compression does not combine with privacy or secure aggregation "
+                             "here: their rows are clipped, noised and quantised instead")
 
     def _check_private(self):
         """Validate sampling, privacy and secure aggregation, and how they combine."""
@@ -262,6 +283,10 @@ class FederatedTrainer:
                 self._save(rnd + 1)
             if callback is not None:
                 callback(record)
+        r = self._run
+        if r["downlink"] is not None:       # every rank ends with the server's exact model
+            self.theta_ = r["comm"].bcast(np.ascontiguousarray(self.theta_), root=0)
+            self._store(self.theta_, r["d"], r["k"])
         return self
 
     # -- checkpoints ------------------------------------------------------------
@@ -274,7 +299,10 @@ class FederatedTrainer:
         return {"trainer": {n: getattr(self, n) for n in names},
                 "strategy": _describe(self.strategy), "attack": _describe(self.attack),
                 "privacy": _describe(self.privacy),
-                "secure_aggregation": _describe(self.secure_aggregation)}
+                "secure_aggregation": _describe(self.secure_aggregation),
+                "compression": _describe(self.compression),
+                "error_feedback": self.error_feedback,
+                "downlink_compression": _describe(self.downlink_compression)}
 
     def _data_digest(self):
         """One digest of every client's (X, y), in client-id order, for any rank count."""
@@ -290,14 +318,20 @@ class FederatedTrainer:
 
     def _save(self, next_round):
         r = self._run
-        states = r["comm"].allgather_obj({str(c): v for c, v in r["client_state"].items()})
+        uplink = r["uplink"]
+        states = r["comm"].allgather_obj(({str(c): v for c, v in r["client_state"].items()},
+                                          uplink.state_dict() if uplink else None))
         if r["comm"].rank != 0:
             return
-        client_state = {c: v for part in states for c, v in part.items()}
-        checkpoint.save(self.checkpoint,
-                        {"theta": self.theta_, "strategy": self.strategy.state_dict(),
-                         "client_state": client_state,
-                         "private": r["private"].state_dict() if r["private"] else {}},
+        client_state = {c: v for part, _ in states for c, v in part.items()}
+        arrays = {"theta": self.theta_, "strategy": self.strategy.state_dict(),
+                  "client_state": client_state,
+                  "private": r["private"].state_dict() if r["private"] else {},
+                  "downlink": r["downlink"].state_dict() if r["downlink"] else {}}
+        if uplink is not None:
+            arrays["uplink"] = {part: {k: v for _, state in states for k, v in state[part].items()}
+                                for part in ("residuals", "compressor")}
+        checkpoint.save(self.checkpoint, arrays,
                         {"round": next_round, "history": self.history_,
                          "config": checkpoint.digest(self._config()),
                          "data": self._data_digest_value})
@@ -322,6 +356,10 @@ class FederatedTrainer:
         self.strategy.load_state_dict(arrays["strategy"])
         if r["private"] is not None:
             r["private"].load_state_dict(arrays["private"])
+        if r["uplink"] is not None:
+            r["uplink"].load_state_dict(arrays["uplink"], r["hosted_ids"])
+        if r["downlink"] is not None:
+            r["downlink"].load_state_dict(arrays["downlink"])
         hosted = set(int(c) for c in r["hosted_ids"])
         r["client_state"] = {int(c): np.array(v) for c, v in arrays["client_state"].items()
                              if int(c) in hosted}
@@ -350,6 +388,10 @@ class FederatedTrainer:
             "epochs": settings["local_epochs"], "batch": settings["batch_size"],
             "max_steps": settings["max_local_steps"] or 0, "lr": settings["lr"],
             "sample_rate": m / n_clients, "private": private,
+            "uplink": (None if self.compression is None else
+                       Uplink(self.compression, self.error_feedback, self.seed, k)),
+            "downlink": (None if self.downlink_compression is None else
+                         Downlink(self.downlink_compression, self.seed, k)),
         }
         self.theta_ = np.zeros(d * k + k)
         self.history_ = []
@@ -378,15 +420,22 @@ class FederatedTrainer:
                 local_epochs = np.where(slow, partial, local_epochs)
             else:
                 reports &= ~slow
-        payload = comm.bcast(self.strategy.server_payload(theta).copy(), root=0)
+        payload = self.strategy.server_payload(theta).copy()
+        if r["downlink"] is None:
+            payload = comm.bcast(payload, root=0)
+            bytes_down = payload.nbytes
+        else:
+            payload, bytes_down = r["downlink"].broadcast(comm, payload, rnd)
 
         mine = np.flatnonzero(reports & np.isin(sampled, r["hosted_ids"]))
         messages, info = self._train_local(r["problem"], r["offsets"], r["hosted_ids"], sampled,
-                                           mine, local_epochs, payload, theta, r["k"],
-                                           r["batch"], r["max_steps"], r["lr"], r["threads"],
-                                           rnd, r["client_state"])
+                                           mine, local_epochs, payload, payload[:theta.size],
+                                           r["k"], r["batch"], r["max_steps"], r["lr"],
+                                           r["threads"], rnd, r["client_state"])
         record = {"round": rnd, "clients": int(reports.sum())}
-        private = r["private"]
+        private, uplink = r["private"], r["uplink"]
+        if uplink is not None:
+            messages, info, lengths = self._compress(uplink, payload, messages, info, rnd)
         if private is not None and private.clients_prepare:
             messages = private.client_rows(messages,
                                            self.strategy.message_reference(payload),
@@ -396,8 +445,13 @@ class FederatedTrainer:
                 messages = messages[:0]
         all_messages, _ = comm.gatherv(messages.ravel(), root=0)
         all_info, _ = comm.gatherv(info.ravel(), root=0)
+        if uplink is not None:
+            all_lengths, _ = comm.gatherv(lengths, root=0)
         if comm.rank == 0:
             all_info = all_info.reshape(-1, 4)
+            if uplink is not None:
+                all_messages = self.strategy.message_reference(payload) + uplink.decode(
+                    all_messages, all_lengths, self.strategy.message_width(theta.size))
             if len(all_info):
                 record["train_loss"] = float(np.average(all_info[:, 2],
                                                         weights=all_info[:, 1]))
@@ -415,14 +469,18 @@ class FederatedTrainer:
                                                        n_clients, rnd)
                     record.update(extra)
             record.update(self._evaluate(theta, r["d"], r["k"], test))
-        self.theta_ = comm.bcast(np.ascontiguousarray(theta, dtype=np.float64), root=0)
-        record["bytes_down"] = int(payload.nbytes)
+        if r["downlink"] is None:
+            self.theta_ = comm.bcast(np.ascontiguousarray(theta, dtype=np.float64), root=0)
+        else:           # the clients learn the model from the next (compressed) payload
+            self.theta_ = theta if comm.rank == 0 else payload[:theta.size]
+        record["bytes_down"] = int(bytes_down)
         record["seconds"] = time.perf_counter() - r["start"]
         record = comm.bcast_obj(record if comm.rank == 0 else None, root=0)
         if private is not None:     # the clients clip with the server's next (adaptive) S
             private.load_state_dict(comm.bcast_obj(private.state_dict() if comm.rank == 0
                                                    else None))
-        record["bytes_up"] = int(messages.nbytes + info.nbytes)     # this rank's
+        record["bytes_up"] = int(messages.nbytes + info.nbytes      # this rank's
+                                 + (lengths.nbytes if uplink is not None else 0))
         self.history_.append(record)
         self._store(self.theta_, r["d"], r["k"])
         return record
@@ -464,6 +522,19 @@ class FederatedTrainer:
                                          r["threads"], rnd, {})
         return (np.array(models[:, :theta.size]), info[:, 1].copy(), info[:, 2].copy(),
                 info[:, 3].astype(np.intp))
+
+    def _compress(self, uplink, payload, messages, info, rnd):
+        """(payload bytes, info, payload lengths) of this rank's clients' finite
+        updates; a client whose update is NaN/Inf is named and left out here."""
+        ok = aggregate.finite_rows(messages) if len(messages) else np.ones(0, dtype=bool)
+        if not ok.all():
+            bad = [int(c) for c in info[~ok, 0]]
+            warnings.warn(f"client update(s) from client id(s) {bad} are NaN/Inf and are left "
+                          "out of this round's aggregate", RuntimeWarning, stacklevel=3)
+            messages, info = messages[ok], info[ok]
+        flat, lengths = uplink.encode(messages - self.strategy.message_reference(payload),
+                                      info[:, 0].astype(np.int64), rnd)
+        return flat, np.ascontiguousarray(info), lengths
 
     def _aggregate(self, theta, messages, info, rnd, record):
         """The strategy's step from every reporting client's message (rank 0)."""
