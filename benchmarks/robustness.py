@@ -22,28 +22,10 @@ import warnings
 import numpy as np
 
 from cyfed import attacks, strategies
-from cyfed.data import dirichlet, make_fedprox_synthetic, split_devices
 from cyfed.federated import FederatedTrainer
+from fl_datasets import DATASETS, N_CLIENTS
 
-N_CLIENTS = 30
 SHARES = (0.1, 0.2, 0.3)
-
-
-def synthetic():
-    return split_devices(make_fedprox_synthetic(1.0, 1.0, n_devices=N_CLIENTS, seed=0), 0.2)
-
-
-def digits():
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-    X, y = load_digits(return_X_y=True)
-    X_train, X_test, y_train, y_test = train_test_split(X / 16.0, y, test_size=0.2,
-                                                        stratify=y, random_state=0)
-    parts = dirichlet(y_train, N_CLIENTS, 0.5, min_size=10, seed=0)
-    return [(X_train[p], y_train[p]) for p in parts], (X_test, y_test)
-
-
-DATASETS = {"synthetic": synthetic, "digits": digits}
 
 
 def aggregators(f):

@@ -31,7 +31,8 @@ def test_fp16_uplink_is_the_plain_round_to_half_precision():
 
 
 @pytest.mark.parametrize("compressor", [compress.TopK(0.05), compress.QSGD(15),
-                                        compress.RandK(0.1), compress.ScaledSign(),
+                                        compress.RandK(0.1, unbiased=False),
+                                        compress.ScaledSign(),
                                         compress.PowerSGD(2)],
                          ids=["topk", "qsgd", "randk", "sign", "powersgd"])
 def test_bytes_up_are_the_buffers_handed_to_gatherv(compressor):
@@ -107,6 +108,7 @@ def test_non_finite_updates_are_named_and_left_out():
     (dict(downlink_compression=1), TypeError, "downlink_compression must be"),
     (dict(error_feedback=True), ValueError, "error_feedback needs compression"),
     (dict(error_feedback=1, compression=compress.FP16()), TypeError, "error_feedback must"),
+    (dict(error_feedback=True, compression=compress.RandK(5)), ValueError, "contractive"),
     (dict(compression=compress.FP16(), privacy=ClientDP(noise_multiplier=1.0)), ValueError,
      "does not combine with privacy"),
 ])

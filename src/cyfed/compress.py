@@ -554,6 +554,14 @@ class ErrorFeedback:
     inputs (up to rounding): nothing is lost, only delayed.  Residuals have x's
     dtype; a key's first call starts from e = 0.
 
+    The residual stays bounded only for a contractive compressor,
+    ||C(p) - p||^2 <= (1 - delta) ||p||^2 with delta > 0 (Karimireddy et al.,
+    Theorem II): top-k, scaled sign, PowerSGD, FP16/BF16, RandK(unbiased=False).
+    Unbiased compressors whose variance exceeds ||p||^2 are not: RandK scaled by
+    d / k is refused, and QSGD is contractive only while min(d / s^2, sqrt(d) / s)
+    < 1 (many levels s for the size d) -- with fewer levels the residual grows
+    without bound.
+
     ``state_dict()`` returns the residuals as {str(key): array} (for checkpoints);
     the compressor's own state (PowerSGD) is checkpointed separately.
     """
@@ -562,6 +570,10 @@ class ErrorFeedback:
         if not isinstance(compressor, Compressor):
             raise TypeError(f"compressor must be a cyfed.compress compressor, "
                             f"got {type(compressor).__name__}")
+        if isinstance(compressor, RandK) and compressor.unbiased:
+            raise ValueError("error feedback needs a contractive compressor: use "
+                             "RandK(k, unbiased=False) (the unbiased d/k scaling makes the "
+                             "residual grow without bound)")
         self.compressor = compressor
         self._residuals = {}
 

@@ -156,6 +156,8 @@ class FederatedTrainer:
                             f"{type(self.error_feedback).__name__}")
         if self.error_feedback and self.compression is None:
             raise ValueError("error_feedback needs compression (the uplink compressor)")
+        if self.error_feedback:
+            compress.ErrorFeedback(self.compression)        # refuses non-contractive ones
         if self.compression is not None and (self.privacy is not None
                                              or self.secure_aggregation is not None):
             raise ValueError("compression does not combine with privacy or secure aggregation "
