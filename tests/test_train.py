@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import cyfed
+import cyfed.compress
 from cyfed import config as cfg
 from cyfed import strategies
 from cyfed.model_file import load_model
@@ -141,6 +142,33 @@ PRIVATE = FEDERATED.replace('name = "FedAdam"', 'name = "FedAvg"').replace(
     clip_range = 3.0
     neighbours = "log"
 """
+
+
+def test_compression_table_builds_the_compressors(tmp_path):
+    text = FEDERATED + """
+    [compression]
+    uplink = { name = "TopK", k = 0.05 }
+    error_feedback = true
+    downlink = { name = "QSGD", levels = 31 }
+"""
+    config = cfg.load(write(tmp_path, text))
+    options = cfg.compression_options(config["compression"])
+    assert isinstance(options["compression"], cyfed.compress.TopK)
+    assert isinstance(options["downlink_compression"], cyfed.compress.QSGD)
+    assert options["error_feedback"] is True
+    for override, match in [("compression.uplink.name=\"TopKK\"", "did you mean 'TopK'"),
+                            ("compression.uplink.k=-1", "k must be"),
+                            ("compression.feedback=true", "did you mean 'error_feedback'")]:
+        with pytest.raises(cfg.ConfigError, match=match):
+            cfg.load(write(tmp_path, text), [override])
+    proc = cyfed_cli("train", "--config", write(tmp_path, text), "-o", tmp_path / "m.npz")
+    assert proc.returncode == 0, proc.stderr
+    history = json.loads((tmp_path / "m.history.json").read_text())
+    plain = cyfed_cli("train", "--config", write(tmp_path, FEDERATED, "plain.toml"), "-o",
+                      tmp_path / "p.npz")
+    assert plain.returncode == 0, plain.stderr
+    plain_history = json.loads((tmp_path / "p.history.json").read_text())
+    assert history[0]["bytes_up"] * 5 < plain_history[0]["bytes_up"]
 
 
 def test_private_federated_train_records_epsilon(tmp_path):

@@ -24,6 +24,10 @@ Layout (every table optional except what the mode needs)::
     target_epsilon = 3.0
     [secure_aggregation]             # optional, federated: cyfed.secagg.SecureAggregation
     neighbours = "log"               # keywords
+    [compression]                    # optional, federated: compressors of cyfed.compress
+    uplink = { name = "TopK", k = 0.01 }
+    error_feedback = true
+    downlink = { name = "FP16" }
     [output]
     model = "runs/demo/model.npz"    # history, config and checkpoint go beside it
     checkpoint_every = 5
@@ -40,18 +44,19 @@ if sys.version_info >= (3, 11):
 else:                                   # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-from cyfed import attacks, io, privacy, strategies
+from cyfed import attacks, compress, io, privacy, strategies
 from cyfed.secagg import SecureAggregation
 from cyfed.distributed import DistributedGD
 from cyfed.federated import FederatedTrainer
 
 TOP = {"mode", "loss", "data", "trainer", "strategy", "attack", "privacy", "secure_aggregation",
-       "output"}
+       "compression", "output"}
+COMPRESSION = {"uplink", "error_feedback", "downlink"}
 DATA = {"path", "builtin", "label", "dtype", "delimiter", "header", "partition", "n_clients",
         "alpha", "seed", "test", "test_fraction", "max_bytes"}
 OUTPUT = {"model", "checkpoint_every"}
 NOT_FROM_CONFIG = {"comm", "checkpoint", "resume", "attack", "strategy", "loss", "privacy",
-                   "secure_aggregation"}
+                   "secure_aggregation", "compression", "error_feedback", "downlink_compression"}
 PRIVACY = {"federated": privacy.ClientDP, "distributed": privacy.DPSGD}
 MODES = {"federated": FederatedTrainer, "distributed": DistributedGD}
 
@@ -121,7 +126,7 @@ def validate(config):
     if config["mode"] not in MODES:
         raise ConfigError(f"mode must be one of {sorted(MODES)}, got {config['mode']!r}")
     for name in ("data", "trainer", "strategy", "attack", "privacy", "secure_aggregation",
-                 "output"):
+                 "compression", "output"):
         if not isinstance(config.setdefault(name, {}), dict):
             raise ConfigError(f"[{name}] must be a table")
     _check_keys(config["data"], DATA, "[data]")
@@ -141,9 +146,11 @@ def validate(config):
             make_attack(config["attack"])
         if config["secure_aggregation"]:
             make_secure_aggregation(config["secure_aggregation"])
-    elif config["strategy"] or config["attack"] or config["secure_aggregation"]:
-        raise ConfigError("[strategy], [attack] and [secure_aggregation] apply to "
-                          "mode = \"federated\" only")
+        compression_options(config["compression"])
+    elif (config["strategy"] or config["attack"] or config["secure_aggregation"]
+          or config["compression"]):
+        raise ConfigError("[strategy], [attack], [secure_aggregation] and [compression] apply "
+                          "to mode = \"federated\" only")
     if config["privacy"]:
         make_privacy(config["privacy"], config["mode"])
     return config
@@ -201,3 +208,26 @@ def make_privacy(table, mode):
 def make_secure_aggregation(table):
     """SecureAggregation from the [secure_aggregation] table."""
     return _make(SecureAggregation, table, "secure_aggregation")
+
+
+def compression_options(table):
+    """FederatedTrainer keywords (compression, error_feedback, downlink_compression)
+    from the [compression] table: uplink/downlink = {name = "TopK", k = 0.01}."""
+    _check_keys(table, COMPRESSION, "[compression]")
+    options = {}
+    for key, keyword in (("uplink", "compression"), ("downlink", "downlink_compression")):
+        if key in table:
+            if not isinstance(table[key], dict):
+                raise ConfigError(f"[compression] {key} must be a table "
+                                  "{ name = ..., its keyword arguments }")
+            cls, kwargs = _build(table[key], compress, f"compression.{key}",
+                                 compress.Compressor)
+            try:
+                options[keyword] = cls(**kwargs)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"[compression] {key} {cls.__name__}: {exc}") from None
+    if "error_feedback" in table:
+        if not isinstance(table["error_feedback"], bool):
+            raise ConfigError("[compression] error_feedback must be true or false")
+        options["error_feedback"] = table["error_feedback"]
+    return options

@@ -125,6 +125,7 @@ def _trainer(config, comm, out, resume):
     attack = cfg.make_attack(config["attack"]) if config["attack"] else None
     if config["secure_aggregation"]:
         kwargs["secure_aggregation"] = cfg.make_secure_aggregation(config["secure_aggregation"])
+    kwargs.update(cfg.compression_options(config["compression"]))
     return trainer_cls(strategy, config["loss"], attack=attack, **kwargs)
 
 
