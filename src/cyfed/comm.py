@@ -11,6 +11,11 @@ Point-to-point messages (`send`, `recv`, `isend`, `irecv`, `wait`, `waitany`,
 asynchronous trainer's real MPI mode: arrays only (mpi4py's uppercase `Send`,
 `Isend`, `Irecv`, `Request.Waitany`), `source=None` / `tag=None` meaning any.
 Requests are opaque objects handed back to `wait` / `waitany`.
+
+`iallreduce_sum` (a non-blocking in-place sum, completed by `wait` and advanced
+by `test`) lets an algorithm overlap a reduction with computation.
+`CountingComm` wraps any communicator and counts the bytes of the buffers
+handed to it.
 """
 from collections import deque
 from typing import Protocol, runtime_checkable
@@ -27,6 +32,16 @@ class Communicator(Protocol):
 
     def allreduce_sum(self, buf: np.ndarray) -> np.ndarray:
         """Sum `buf` over all ranks, in place; returns buf."""
+
+    def iallreduce_sum(self, buf: np.ndarray):
+        """Start summing `buf` over all ranks in place; a request for `wait` / `test`.
+        Leave `buf` alone until the request completes."""
+
+    def wait(self, request):
+        """Complete `request`."""
+
+    def test(self, request) -> bool:
+        """Whether `request` has completed (also gives MPI a chance to progress it)."""
 
     def bcast(self, buf: np.ndarray, root: int = 0) -> np.ndarray:
         """Overwrite `buf` on every rank with root's, in place; returns buf."""
@@ -65,6 +80,9 @@ class LocalComm:
 
     def allreduce_sum(self, buf):
         return buf
+
+    def iallreduce_sum(self, buf):
+        return _LocalRequest(self, None, None)
 
     def bcast(self, buf, root=0):
         return buf
@@ -124,6 +142,9 @@ class LocalComm:
     def wait(self, request):
         return request.wait()
 
+    def test(self, request):
+        return request.ready()
+
     def waitany(self, requests):
         """(index, source, tag) of the first of `requests` that a queued message completes."""
         for i, req in enumerate(requests):
@@ -156,6 +177,11 @@ class MPIComm:
             raise ValueError("allreduce_sum needs a C-contiguous buffer")
         self.comm.Allreduce(self._MPI.IN_PLACE, buf, op=self._MPI.SUM)
         return buf
+
+    def iallreduce_sum(self, buf):
+        if not buf.flags.c_contiguous:
+            raise ValueError("iallreduce_sum needs a C-contiguous buffer")
+        return self.comm.Iallreduce(self._MPI.IN_PLACE, buf, op=self._MPI.SUM)
 
     def bcast(self, buf, root=0):
         self.comm.Bcast(buf, root=root)
@@ -232,6 +258,11 @@ class MPIComm:
         request.Wait(status)
         return status.Get_source(), status.Get_tag()
 
+    def test(self, request):
+        """Whether `request` has completed; each call lets MPI progress it (MPICH and
+        Open MPI advance a non-blocking collective only inside MPI calls)."""
+        return bool(request.Test())
+
     def waitany(self, requests):
         """Wait for one of `requests` (a list; None entries are skipped) to complete:
         (index, source, tag).  The list entry is left as it is: replace or drop it."""
@@ -245,6 +276,71 @@ class MPIComm:
     def iprobe(self, source=None, tag=None):
         """Whether a matching message is waiting to be received."""
         return bool(self.comm.Iprobe(source=self._peer(source), tag=self._tag(tag)))
+
+
+class CountingComm:
+    """A communicator that counts the bytes of the array buffers handed to MPI.
+
+    ``bytes_sent`` / ``bytes_received`` grow by the ``nbytes`` of the send / receive
+    buffers of every buffer method: an in-place (i)allreduce of b bytes counts b
+    sent and b received; ``bcast`` b sent on root and b received elsewhere;
+    ``gather`` / ``gatherv`` the local buffer sent and, on root, the assembled
+    result received; ``send`` / ``isend`` b sent; ``recv`` / ``irecv`` the receive
+    buffer's b received (its capacity: MPI may deliver a shorter message).  A
+    communicator of size 1 hands nothing to MPI and counts 0.  The pickled
+    small-object methods (``*_obj``) are not counted.  Everything else is passed
+    through to the wrapped communicator.
+    """
+
+    def __init__(self, comm):
+        self.comm = comm
+        self.bytes_sent = self.bytes_received = 0
+
+    def __getattr__(self, name):
+        return getattr(self.comm, name)
+
+    def _count(self, sent=0, received=0):
+        if self.comm.size > 1:
+            self.bytes_sent += int(sent)
+            self.bytes_received += int(received)
+
+    def allreduce_sum(self, buf):
+        self._count(buf.nbytes, buf.nbytes)
+        return self.comm.allreduce_sum(buf)
+
+    def iallreduce_sum(self, buf):
+        self._count(buf.nbytes, buf.nbytes)
+        return self.comm.iallreduce_sum(buf)
+
+    def bcast(self, buf, root=0):
+        self._count(*((buf.nbytes, 0) if self.comm.rank == root else (0, buf.nbytes)))
+        return self.comm.bcast(buf, root)
+
+    def gather(self, buf, root=0):
+        out = self.comm.gather(buf, root)
+        self._count(np.asarray(buf).nbytes, 0 if out is None else out.nbytes)
+        return out
+
+    def gatherv(self, buf, root=0):
+        out, counts = self.comm.gatherv(buf, root)
+        self._count(np.asarray(buf).nbytes, 0 if out is None else out.nbytes)
+        return out, counts
+
+    def send(self, buf, dest, tag=0):
+        self._count(sent=buf.nbytes)
+        return self.comm.send(buf, dest, tag)
+
+    def isend(self, buf, dest, tag=0):
+        self._count(sent=buf.nbytes)
+        return self.comm.isend(buf, dest, tag)
+
+    def recv(self, buf, source=None, tag=None):
+        self._count(received=buf.nbytes)
+        return self.comm.recv(buf, source, tag)
+
+    def irecv(self, buf, source=None, tag=None):
+        self._count(received=buf.nbytes)
+        return self.comm.irecv(buf, source, tag)
 
 
 class _LocalRequest:

@@ -17,10 +17,15 @@ floating-point sums does).  DP-SGD (``privacy=cyfed.privacy.DPSGD(...)``) keeps
 this shape: Poisson batches of the global rows, per-example clipping inside the
 kernel, and Gaussian noise drawn from a generator every rank seeds alike and
 added after the Allreduce.
+
+Local SGD (``local_steps=H > 1``) trades that per-step Allreduce for one model
+average every H steps, and ``overlap=True`` hides the average behind the next
+H local steps (see `DistributedGD`).
 """
 import numbers
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -28,7 +33,7 @@ from cyfed import _validation as check
 from cyfed import accountant
 from cyfed import checkpoint
 from cyfed import gradients
-from cyfed.comm import LocalComm
+from cyfed.comm import CountingComm, LocalComm
 from cyfed.privacy import DPSGD
 from cyfed.schedules import get_schedule
 
@@ -168,14 +173,75 @@ class DistributedGD:
         monitoring); a tol stopping rule compares these noisy values, so use a
         small tol or none.
 
+    local_steps : int >= 1
+        H, the number of local steps between model averages (local SGD, Stich
+        2019, arXiv:1805.09767; Lin et al. 2020, arXiv:1808.07217).  H = 1
+        (default, with overlap=False) is the synchronous algorithm above: one
+        Allreduce of the gradient sums per step.  With H > 1 rank r keeps its own
+        model theta_r and, for steps t = t0 .. t0 + H - 1 of a round, steps on its
+        own shard only:
+
+            g_{r,t} = (sum_{i in B_{r,t}} w_i grad l_i(theta_r)) / (sum_{i in B_{r,t}} w_i)
+                      + l2 theta_r,
+
+        with the same momentum rule and lr_t as above, then all ranks average with
+        ONE in-place Allreduce of the state [p_r theta_r, p_r v_r] (the velocity
+        only with momentum: it is averaged like the model), p_r = W_r / W, W_r the
+        shard's total sample weight (its row count for unit weights) and W their
+        sum, so that theta_bar = sum_r p_r theta_r and the averaged objective
+        sum_r p_r f_r is the global one.  B_{r,t} is every row of the shard
+        (batch_size=None) or the rank's part of the global mini-batch drawn for
+        (seed, t) as above: its expected size batch_size n_r / N keeps each rank's
+        work proportional to its rows, and the draw depends only on (seed, t) and
+        the shard's position in the global row order.  A rank whose part is empty
+        (or that holds no rows) skips the step.  The result necessarily depends on
+        the sharding (each rank descends its own objective f_r between averages;
+        H = 1 does not): it is reproducible for a given (seed, sharding), not
+        across rank counts.  max_iter counts local steps; the last round is
+        shortened to end at max_iter.  Communication falls by H: per round a
+        rank hands MPI d k + k (+ d k + k with momentum) + 3 float64s, against
+        d k + k + 4 per step for H = 1.  One history record per round (see
+        Attributes); tol and gtol are checked there only; checkpoints are written
+        at the first average at or after every checkpoint_every local steps.
+        privacy needs H = 1: DP-SGD's accounting assumes one noisy step per batch.
+    overlap : bool
+        Overlap each model average with the next round's computation
+        (CoCoD-SGD, Shen et al. 2019, arXiv:1906.12043; the same idea as
+        Overlap-Local-SGD, Wang et al. 2020, arXiv:2002.09539).  At the end of
+        round j a rank copies its state s_{r,j} = x_r, starts a non-blocking
+        Allreduce of p_r s_{r,j} and goes on with round j + 1 from x_r (testing
+        the request after every local step, so that MPI progresses it); at the end
+        of round j + 1 it waits and applies its round's progress to the average:
+
+            x_r <- sum_q p_q s_{q,j} + (x_r - s_{r,j}).
+
+        The average is thus one round stale (rounds run on unaveraged models);
+        the bytes are those of overlap=False, and the last round ends with a
+        blocking average so every rank returns the same model.  Works for any H
+        (H = 1 then averages models, not gradients).  No checkpoints with overlap
+        (the ranks' models differ between averages).
+
     Attributes
     ----------
     coef_ : (d,) or (d, k) float64;  intercept_ : float or (k,) float64
-    n_iter_ : updates applied;  history_ : list of dicts per iteration with
-    'iter', 'loss' (at theta_t, before its update), 'grad_norm', 'lr', 'seconds'
-    and, with privacy, 'batch_size' (|B_t|), 'clipped_fraction' (the share of B_t
-    whose gradient norm exceeded C; 0 for an empty batch) and 'epsilon' (after
-    t + 1 steps, at privacy.delta; omitted when delta is None).
+    n_iter_ : updates (local steps with H > 1) in the returned model
+    history_ : list of dicts, one per Allreduce of gradients (H = 1) or of models
+        (H > 1 or overlap), with 'iter', 'loss', 'grad_norm', 'lr', 'seconds',
+        'bytes_sent' and 'bytes_received'.  H = 1: 'loss' at theta_t (before its
+        update) and 'grad_norm' of g_t.  Local SGD: 'iter' = t0, the round's first
+        step, 'loss' = sum_r loss sums / sum_r weight sums of the round's first
+        local step (+ l2 term), i.e. the loss at the round's starting average
+        (with overlap: the weighted mean of the ranks' losses at their own
+        starting models), and 'grad_norm' = ||theta_bar_new - theta_bar_old|| /
+        sum of the round's lr_t (the averaged "pseudo-gradient", which is ||g_t||
+        for H = 1 without momentum and vanishes at a fixed point of the rounds);
+        'lr' = lr_{t0}.  With privacy also 'batch_size' (|B_t|),
+        'clipped_fraction' (the share of B_t whose gradient norm exceeded C; 0 for
+        an empty batch) and 'epsilon' (after t + 1 steps, at privacy.delta;
+        omitted when delta is None).  'bytes_sent' / 'bytes_received': this
+        rank's bytes of the buffers handed to MPI for the record
+        (`cyfed.comm.CountingComm`: an Allreduce of b bytes counts b each way; 0
+        on one process); the one-time setup exchange of shapes is not counted.
     noise_multiplier_ : z used (with privacy);  accountant_ :
     `cyfed.accountant.RDPAccountant` holding the privacy spent over n_iter_ steps.
     """
@@ -184,7 +250,7 @@ class DistributedGD:
                  fit_intercept=True, l2=0.0, momentum=0.0, nesterov=False,
                  lr_schedule="constant", tol=None, gtol=None, seed=0, n_threads=None,
                  comm=None, checkpoint=None, checkpoint_every=10, resume=False,
-                 privacy=None):
+                 privacy=None, local_steps=1, overlap=False):
         self.loss, self.lr, self.max_iter, self.batch_size = loss, lr, max_iter, batch_size
         self.fit_intercept, self.l2 = fit_intercept, l2
         self.momentum, self.nesterov, self.lr_schedule = momentum, nesterov, lr_schedule
@@ -192,6 +258,7 @@ class DistributedGD:
         self.comm = comm
         self.checkpoint, self.checkpoint_every, self.resume = checkpoint, checkpoint_every, resume
         self.privacy = privacy
+        self.local_steps, self.overlap = local_steps, overlap
 
     # -- checks ---------------------------------------------------------------
 
@@ -215,7 +282,19 @@ class DistributedGD:
         if not isinstance(self.checkpoint_every, numbers.Integral) or self.checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be an int >= 1, got "
                              f"{self.checkpoint_every!r}")
+        if (not isinstance(self.local_steps, numbers.Integral) or isinstance(self.local_steps, bool)
+                or self.local_steps < 1):
+            raise ValueError(f"local_steps must be an int >= 1 (H < 1 is not allowed), got "
+                             f"{self.local_steps!r}")
+        if not isinstance(self.overlap, (bool, np.bool_)):
+            raise ValueError(f"overlap must be a bool, got {self.overlap!r}")
+        if self.overlap and self.checkpoint is not None:
+            raise ValueError("checkpoint is not supported with overlap=True (the ranks' "
+                             "models differ between averages)")
         if self.privacy is not None:
+            if self.local_steps > 1 or self.overlap:
+                raise ValueError("privacy needs local_steps=1 and overlap=False: DP-SGD's "
+                                 "accounting assumes one noisy step per sampled batch")
             if not isinstance(self.privacy, DPSGD):
                 raise TypeError(f"privacy must be a cyfed.privacy.DPSGD or None, got "
                                 f"{type(self.privacy).__name__}")
@@ -232,9 +311,9 @@ class DistributedGD:
         """Train on this rank's shard (X (n_local, d), y (n_local,)); collective.
 
         Every rank of the communicator must call fit; a rank may hold 0 rows.
-        `callback(record)` runs on every rank after each iteration's history record.
+        `callback(record)` runs on every rank after each history record.
         """
-        comm = self.comm if self.comm is not None else LocalComm()
+        comm = CountingComm(self.comm if self.comm is not None else LocalComm())
 
         def check_local_input():
             schedule = self._check_params()
@@ -249,43 +328,65 @@ class DistributedGD:
         if self.batch_size is not None and self.batch_size > n_global:
             raise ValueError(f"batch_size={self.batch_size} exceeds the {n_global} rows "
                              "held by all ranks together")
-        d = problem.d
-        dk = d * k
         coef, intercept = on_every_rank(
-            comm, lambda: self._initial_model(problem.kind, d, k, coef_init, intercept_init))
-        velocity = np.zeros(dk + k)
-        buf = np.empty(dk + k + 4)          # [grad sums, loss, weight, n_clipped, error flag]
-        dp = self.privacy
-        if dp is not None:
-            q, clip = float(dp.sample_rate), float(dp.clip_norm)
-            z = self.noise_multiplier_ = dp.noise_for(q, self.max_iter)
-            # the RDP of one step, once: epsilon after t steps is that of t times it
-            step_rdp = accountant.rdp(z, q)
+            comm, lambda: self._initial_model(problem.kind, problem.d, k, coef_init,
+                                              intercept_init))
+        velocity = np.zeros(problem.d * k + k)
+        if self.privacy is not None:
+            self.noise_multiplier_ = self.privacy.noise_for(float(self.privacy.sample_rate),
+                                                            self.max_iter)
             self.accountant_ = accountant.RDPAccountant()
-            expected_batch = q * n_global
-        else:
-            clip = None
-        no_intercept = np.empty(0, dtype=problem.dtype)
         self.history_ = []
         self.n_iter_ = 0
         prev_loss = None
         first, done = 0, False
+        fingerprint = None
         if self.checkpoint is not None:
             fingerprint = self._fingerprint(comm, problem)
             if self.resume:
                 restored = self._restore(comm, fingerprint)
                 if restored is not None:
                     coef, intercept, velocity, prev_loss, first, done = restored
-        start = time.perf_counter()
-        for t in range(first, self.max_iter if not done else first):
+        run = SimpleNamespace(comm=comm, problem=problem, k=k, schedule=schedule,
+                              threads=threads, n_global=n_global, offset=offset,
+                              fingerprint=fingerprint, callback=callback,
+                              start=time.perf_counter(), sent=0, received=0)
+        train = self._train if self.local_steps == 1 and not self.overlap else self._train_local
+        prev_loss = train(run, coef, intercept, velocity, prev_loss,
+                          range(first, self.max_iter if not done else first))
+        if self.checkpoint is not None:
+            self._save(comm, fingerprint, coef, intercept, velocity, prev_loss, True)
+        self._store(coef, intercept, k)
+        if self.privacy is not None:
+            self._account()
+        return self
+
+    def _train(self, run, coef, intercept, velocity, prev_loss, steps):
+        """Synchronous GD (one Allreduce of gradient sums per step) over the iterations
+        `steps`, updating the model in place; returns the loss the next tol test uses."""
+        comm, problem, k = run.comm, run.problem, run.k
+        dk = problem.d * k
+        buf = np.empty(dk + k + 4)          # [grad sums, loss, weight, n_clipped, error flag]
+        dp = self.privacy
+        if dp is not None:
+            q, clip = float(dp.sample_rate), float(dp.clip_norm)
+            z = self.noise_multiplier_
+            # the RDP of one step, once: epsilon after t steps is that of t times it
+            step_rdp = accountant.rdp(z, q)
+            expected_batch = q * run.n_global
+        else:
+            clip = None
+        no_intercept = np.empty(0, dtype=problem.dtype)
+        for t in steps:
             if dp is None:
-                rows = self._local_batch(t, n_global, offset, problem.n)
+                rows = self._local_batch(t, run.n_global, run.offset, problem.n)
             else:
-                rows, batch_size = self._poisson_batch(t, q, n_global, offset, problem.n)
+                rows, batch_size = self._poisson_batch(t, q, run.n_global, run.offset,
+                                                       problem.n)
             work_coef = coef.astype(problem.dtype, copy=False)
             work_b = intercept.astype(problem.dtype) if self.fit_intercept else no_intercept
             loss_sum, weight_sum, n_clipped, error = self._local_sums(
-                problem, work_coef, work_b, rows, buf, threads, clip)
+                problem, work_coef, work_b, rows, buf, run.threads, clip)
             buf[dk + k:] = loss_sum, weight_sum, n_clipped, 0.0 if error is None else 1.0
             comm.allreduce_sum(buf)
             if buf[-1] > 0:
@@ -303,14 +404,9 @@ class DistributedGD:
                 grad[:dk] += self.l2 * coef.ravel()
                 loss = buf[dk + k] / scale + 0.5 * self.l2 * float(coef.ravel() @ coef.ravel())
                 grad_norm = float(np.linalg.norm(grad))
+            lr_t = run.schedule(self.lr, t, self.max_iter)
             if not (np.isfinite(loss) and np.isfinite(grad_norm)):
-                self._store(coef, intercept, k)
-                raise_if_any(comm, self._non_finite_input(problem))
-                raise DivergenceError(
-                    f"training diverged at iteration {t}: the loss or gradient is not finite "
-                    f"(loss={loss}, lr={schedule(self.lr, t, self.max_iter)}); try a smaller "
-                    "learning rate. coef_/intercept_ hold the last finite model.")
-            lr_t = schedule(self.lr, t, self.max_iter)
+                self._diverged(run, coef, intercept, t, loss, lr_t)
             record = {"iter": t, "loss": float(loss), "grad_norm": grad_norm, "lr": float(lr_t)}
             if dp is not None:
                 record["batch_size"] = batch_size
@@ -319,35 +415,161 @@ class DistributedGD:
                 if dp.delta is not None:
                     record["epsilon"] = accountant.rdp_to_epsilon(
                         (t + 1) * step_rdp, accountant.DEFAULT_ORDERS, dp.delta)[0]
-            record["seconds"] = time.perf_counter() - start
-            self.history_.append(record)
-            if callback is not None:
-                callback(self.history_[-1])
-            if (self.gtol is not None and grad_norm <= self.gtol) or (
-                    self.tol is not None and prev_loss is not None
-                    and abs(prev_loss - loss) <= self.tol * max(abs(prev_loss), 1e-300)):
-                done = True
+            if self._record(run, record, prev_loss):
                 break
             prev_loss = loss
-            if self.momentum:
-                velocity *= self.momentum
-                velocity += grad
-                step = grad + self.momentum * velocity if self.nesterov else velocity
-            else:
-                step = grad
-            coef -= lr_t * step[:dk].reshape(d, k)
-            if self.fit_intercept:
-                intercept -= lr_t * step[dk:]
+            self._step(grad, velocity, coef, intercept, lr_t)
             self.n_iter_ = t + 1
             if self.checkpoint is not None and (t + 1) % self.checkpoint_every == 0 \
                     and t + 1 < self.max_iter:
-                self._save(comm, fingerprint, coef, intercept, velocity, prev_loss, False)
-        if self.checkpoint is not None:
-            self._save(comm, fingerprint, coef, intercept, velocity, prev_loss, True)
-        self._store(coef, intercept, k)
-        if dp is not None:
-            self._account()
-        return self
+                self._save(comm, run.fingerprint, coef, intercept, velocity, prev_loss, False)
+        return prev_loss
+
+    def _train_local(self, run, coef, intercept, velocity, prev_loss, steps):
+        """Local SGD over the local steps `steps`: rounds of local_steps, each ending in
+        a model average (overlapped with the next round if self.overlap).  Updates the
+        model in place; returns the loss the next tol test uses."""
+        comm, problem, k = run.comm, run.problem, run.k
+        dk, m = problem.d * k, problem.d * k + k
+        weights = comm.allgather_obj(float(problem.sample_weight.sum())
+                                     if len(problem.sample_weight) else float(problem.n))
+        if not sum(weights) > 0:
+            raise ValueError("sample_weight sums to 0 over all rows: weights must have a "
+                             "positive sum")
+        share = weights[comm.rank] / sum(weights)
+        # [theta_r, v_r] in one vector, averaged by one Allreduce (v_r only with momentum)
+        state = np.concatenate([coef.ravel(), intercept] + ([velocity] if self.momentum else []))
+        avg = np.empty(state.size + 3)      # [share * state, loss sum, weight sum, error flag]
+        anchor = state.copy()               # the last average: the same on every rank
+        snapshot = np.empty_like(state)     # overlap: this rank's state in the average in flight
+        pending, error, end = None, None, steps.stop
+        for t0 in range(steps.start, end, self.local_steps):
+            rounds = (t0, min(t0 + self.local_steps, end))
+            lr_sum, loss0, weight0, error = self._local_round(
+                run, state, range(*rounds), error, None if pending is None else pending[0])
+            if pending is not None:
+                comm.wait(pending[0])
+                state -= snapshot           # this round's progress, on the new average
+                state += avg[:-3]
+                stop, loss = self._averaged(run, avg, anchor, pending[1], error, prev_loss)
+                if stop:
+                    state[:] = anchor
+                    break
+                prev_loss = loss
+            avg[:-3] = share * state
+            avg[-3:] = loss0, weight0, 0.0 if error is None else 1.0
+            if self.overlap and rounds[1] < end:
+                snapshot[:] = state
+                pending = (comm.iallreduce_sum(avg), (*rounds, lr_sum))
+                continue
+            comm.allreduce_sum(avg)
+            state[:] = avg[:-3]
+            stop, loss = self._averaged(run, avg, anchor, (*rounds, lr_sum), error, prev_loss)
+            if stop:
+                break
+            prev_loss = loss
+            every = self.checkpoint_every
+            if self.checkpoint is not None and rounds[1] // every > t0 // every \
+                    and rounds[1] < self.max_iter:
+                self._save(comm, run.fingerprint, state[:dk].reshape(coef.shape), state[dk:m],
+                           state[m:] if self.momentum else velocity, prev_loss, False)
+        coef[:] = state[:dk].reshape(coef.shape)
+        intercept[:] = state[dk:m]
+        if self.momentum:
+            velocity[:] = state[m:]
+        return prev_loss
+
+    def _local_round(self, run, state, steps, error, pending):
+        """Local steps `steps` on this rank's shard, updating state [theta_r, v_r] in
+        place and testing the request `pending` (if any) after each step, until a
+        kernel error: (sum of lr_t, loss sum + l2 term and weight sum of the first
+        step, error or None)."""
+        problem, k = run.problem, run.k
+        dk, m = problem.d * k, problem.d * k + k
+        coef, intercept, velocity = state[:dk].reshape(problem.d, k), state[dk:m], state[m:]
+        sums = np.empty(m)
+        no_intercept = np.empty(0, dtype=problem.dtype)
+        lr_sum, loss0, weight0 = 0.0, 0.0, 0.0
+        for t in steps:
+            lr_t = run.schedule(self.lr, t, self.max_iter)
+            lr_sum += lr_t
+            if error is None and problem.n:
+                rows = self._local_batch(t, run.n_global, run.offset, problem.n)
+                work_b = intercept.astype(problem.dtype) if self.fit_intercept else no_intercept
+                loss_sum, weight_sum, _, error = self._local_sums(
+                    problem, coef.astype(problem.dtype, copy=False), work_b, rows, sums,
+                    run.threads, None)
+                with np.errstate(over="ignore", invalid="ignore"):   # checked at the average
+                    if t == steps.start:
+                        penalty = 0.5 * self.l2 * float(state[:dk] @ state[:dk])
+                        loss0, weight0 = loss_sum + penalty * weight_sum, weight_sum
+                    if error is None and weight_sum > 0:
+                        grad = sums / weight_sum
+                        grad[:dk] += self.l2 * state[:dk]
+                        self._step(grad, velocity, coef, intercept, lr_t)
+            if pending is not None:
+                run.comm.test(pending)
+        return lr_sum, loss0, weight0, error
+
+    def _averaged(self, run, avg, anchor, rounds, error, prev_loss):
+        """Book a completed model average: avg holds the sums over ranks of [p_r state_r,
+        loss sum, weight sum, error flag] of the round (t0, t_end, sum of lr_t), and
+        becomes the new anchor.  Returns (whether tol or gtol stops training, loss)."""
+        t0, t_end, lr_sum = rounds
+        if avg[-1] > 0:
+            raise_if_any(run.comm, error)
+        if not avg[-2] > 0:
+            raise ValueError("sample_weight sums to 0 over the rows of iteration "
+                             f"{t0}: weights must have a positive sum")
+        dk, m = run.problem.d * run.k, run.problem.d * run.k + run.k
+        with np.errstate(over="ignore", invalid="ignore"):
+            loss = avg[-3] / avg[-2]
+            grad_norm = float(np.linalg.norm(avg[:m] - anchor[:m])) / lr_sum
+        lr_t = run.schedule(self.lr, t0, self.max_iter)
+        if not (np.isfinite(loss) and np.isfinite(grad_norm)):
+            self._diverged(run, anchor[:dk].reshape(-1, run.k), anchor[dk:m], t0, loss, lr_t)
+        anchor[:] = avg[:-3]
+        self.n_iter_ = t_end
+        record = {"iter": t0, "loss": float(loss), "grad_norm": grad_norm, "lr": float(lr_t)}
+        return self._record(run, record, prev_loss), loss
+
+    def _record(self, run, record, prev_loss):
+        """Append `record` with the time and this rank's bytes since the last record,
+        run the callback; whether tol or gtol stops training."""
+        comm = run.comm
+        record["seconds"] = time.perf_counter() - run.start
+        record["bytes_sent"] = comm.bytes_sent - run.sent
+        record["bytes_received"] = comm.bytes_received - run.received
+        run.sent, run.received = comm.bytes_sent, comm.bytes_received
+        self.history_.append(record)
+        if run.callback is not None:
+            run.callback(record)
+        loss = record["loss"]
+        return (self.gtol is not None and record["grad_norm"] <= self.gtol) or (
+            self.tol is not None and prev_loss is not None
+            and abs(prev_loss - loss) <= self.tol * max(abs(prev_loss), 1e-300))
+
+    def _step(self, grad, velocity, coef, intercept, lr_t):
+        """theta <- theta - lr_t step, step by the momentum rule (PyTorch's SGD)."""
+        if self.momentum:
+            velocity *= self.momentum
+            velocity += grad
+            step = grad + self.momentum * velocity if self.nesterov else velocity
+        else:
+            step = grad
+        coef -= lr_t * step[:coef.size].reshape(coef.shape)
+        if self.fit_intercept:
+            intercept -= lr_t * step[coef.size:]
+
+    def _diverged(self, run, coef, intercept, t, loss, lr_t):
+        """Keep the last finite model, blame non-finite input if any rank has some, else
+        raise DivergenceError (collective)."""
+        self._store(coef, intercept, run.k)
+        raise_if_any(run.comm, self._non_finite_input(run.problem))
+        raise DivergenceError(
+            f"training diverged at iteration {t}: the loss or gradient is not finite "
+            f"(loss={loss}, lr={lr_t}); try a smaller learning rate. coef_/intercept_ hold "
+            "the last finite model.")
 
     def _account(self):
         """Bring accountant_ up to the n_iter_ steps taken (with privacy)."""
@@ -364,6 +586,8 @@ class DistributedGD:
         config = {n: getattr(self, n) for n in names}
         if self.privacy is not None:    # only then: digests of runs without it stay as they were
             config["privacy"] = self.privacy.hyper_parameters()
+        if self.local_steps != 1:
+            config["local_steps"] = self.local_steps
         config = checkpoint.digest(config)
         mine = checkpoint.digest(problem.X, problem.y, problem.sample_weight)
         return config, checkpoint.digest(comm.allgather_obj(mine))
