@@ -213,10 +213,7 @@ class _Server:
 
     def collect(self, ids, masked):
         """Sum the masked inputs (rows of `masked`, clients `ids`); returns sorted U2."""
-        t = self.plan.threshold
-        if len(ids) < t:
-            raise SecAggError(f"round abandoned: {len(ids)} masked inputs arrived, fewer "
-                              f"than the threshold {t}")
+        self._require(len(ids), "masked inputs arrived")
         self.total = masked.sum(axis=0, dtype=masked.dtype)       # wraps mod 2^width
         self.survivors = np.sort(np.asarray(ids, dtype=np.int64))
         self.bytes_up["masked_input"] = masked.nbytes
@@ -260,11 +257,15 @@ class _Server:
                                -1 if u > v else +1)
         return total
 
+    def _require(self, count, what):
+        """Abandon the round when fewer than t of something arrived."""
+        if count < self.plan.threshold:
+            raise SecAggError(f"round abandoned: {count} {what}, fewer than the threshold "
+                              f"{self.plan.threshold}")
+
     def _combine(self, shares, what):
+        self._require(len(shares), f"shares of {what} returned")
         t = self.plan.threshold
-        if len(shares) < t:
-            raise SecAggError(f"round abandoned: {len(shares)} shares of {what} returned, "
-                              f"fewer than the threshold {t}")
         shares = sorted(shares)[:t]
         xs = tuple(x for x, _ in shares)
         weights = self.plan.lagrange.get(xs)
