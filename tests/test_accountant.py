@@ -372,3 +372,14 @@ def test_speed_over_hard_parameters():
         for q in (1e-6, 1e-3, 0.01, 0.1, 0.5, 0.9, 0.999):
             epsilon(sigma, q, 1000, 1e-5)
     assert time.perf_counter() - start < 2.0
+
+
+@pytest.mark.parametrize("sigma, q", [(1.1, 0.01), (0.7, 0.3), (4.0, 1.0), (2.0, 0.0)])
+def test_epsilon_curve_matches_epsilon_at_every_step_count(sigma, q):
+    curve = acc.EpsilonCurve(sigma, q, 1e-5)
+    for steps in (0, 1, 7, 100, 5000):
+        assert curve(steps) == pytest.approx(epsilon(sigma, q, steps, 1e-5),
+                                             rel=1e-12, abs=1e-15)
+    assert acc.EpsilonCurve(0.0, 0.5, 1e-5)(3) == math.inf
+    with pytest.raises(ValueError, match="steps"):
+        curve(-1)

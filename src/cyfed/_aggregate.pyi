@@ -28,11 +28,9 @@ def network_mean(
     n_threads: int,
 ) -> int: ...
 def finite_rows(updates: npt.NDArray[np.floating], out: npt.NDArray[np.uint8]) -> None: ...
-def clip_updates(
+def clip_scales(
     messages: npt.NDArray[np.float64],
     reference: npt.NDArray[np.float64],
     clip_norm: float,
-    rows: npt.NDArray[np.float64],
-    total: npt.NDArray[np.float64],
     scales: npt.NDArray[np.float64],
 ) -> None: ...

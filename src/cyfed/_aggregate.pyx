@@ -141,38 +141,20 @@ def finite_rows(const floating[:, ::1] updates, unsigned char[::1] out):
             out[i] = all_finite(&updates[i, 0], updates.shape[1]) if updates.shape[1] else 1
 
 
-def clip_updates(const double[:, ::1] messages, const double[::1] reference, double clip_norm,
-                 double[:, ::1] rows, double[::1] total, double[::1] scales):
-    """Clip every client's update u_i = messages[i] - reference to L2 norm clip_norm.
-
-    scales[i] = min(1, clip_norm / ||u_i||) (exactly 1 when u_i fits), NaN when
-    row i is not finite.  With an empty `rows`, total[:p] += scales[i] u_i over
-    the finite rows in order (p = messages.shape[1]); otherwise rows[i, :p] =
-    scales[i] u_i (rows may be wider than p; NaN rows are left untouched).  One
-    read of each message from memory: the second pass finds the row in cache.
-    """
-    cdef Py_ssize_t K = messages.shape[0], p = messages.shape[1], i, j
-    cdef bint summing = rows.shape[0] == 0
+def clip_scales(const double[:, ::1] messages, const double[::1] reference, double clip_norm,
+                double[::1] scales):
+    """scales[i] = min(1, clip_norm / ||messages[i] - reference||): exactly 1 when the
+    update fits, NaN when row i is not finite, 0 when its squared norm overflows
+    (with clip_norm = inf: 1 for every finite row, NaN otherwise)."""
+    cdef Py_ssize_t K = messages.shape[0], p = messages.shape[1], i
     cdef const double *x
     cdef const double *r = &reference[0]
-    cdef double *dst
-    cdef double sq, s
+    cdef double sq
     with nogil:
         for i in range(K):
             x = &messages[i, 0]
             sq = sq_dist_to(x, r, p)
-            if sq <= clip_norm * clip_norm and sq <= DBL_MAX:
-                s = 1.0
-            elif not all_finite(x, p):
-                scales[i] = NAN
-                continue
-            else:                   # (an overflowing sq gives s = 0: the row is too big)
-                s = clip_norm / sqrt(sq)
-            scales[i] = s
-            if summing:
-                for j in range(p):
-                    total[j] += s * (x[j] - r[j])
-            else:
-                dst = &rows[i, 0]
-                for j in range(p):
-                    dst[j] = s * (x[j] - r[j])
+            if sq <= DBL_MAX:           # finite: so is every entry of the row
+                scales[i] = 1.0 if sq <= clip_norm * clip_norm else clip_norm / sqrt(sq)
+            else:                       # a NaN/Inf entry, or a finite row too big to square
+                scales[i] = NAN if not all_finite(x, p) else 0.0

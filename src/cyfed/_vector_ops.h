@@ -582,13 +582,25 @@ static int CYFED_FN(weighted_block)(double *CYFED_RESTRICT out, const CYFED_T *U
     return bad == 0.0;
 }
 
-/* sum_j (x[j] - v[j])^2 in float64 (v is float64: the centre of Weiszfeld, clipping). */
+/* sum_j (x[j] - v[j])^2 in float64 (v is float64: the centre of Weiszfeld, clipping).
+   32 partial sums (four vector accumulators at AVX-512) so the additions do not wait
+   on each other: one accumulator would be bound by the add latency, not by memory. */
 static inline double CYFED_FN(sq_dist_to)(const CYFED_T *CYFED_RESTRICT x,
                                           const double *CYFED_RESTRICT v, Py_ssize_t n)
 {
+    double acc[32] = {0.0};
+    const Py_ssize_t body = n & ~(Py_ssize_t)31;
+    for (Py_ssize_t j = 0; j < body; j += 32) {
+        CYFED_PRAGMA(omp simd)
+        for (int u = 0; u < 32; ++u) {
+            const double t = (double)x[j + u] - v[j + u];
+            acc[u] += t * t;
+        }
+    }
     double s = 0.0;
-    CYFED_PRAGMA(omp simd reduction(+:s))
-    for (Py_ssize_t j = 0; j < n; ++j) {
+    for (int u = 0; u < 32; ++u)
+        s += acc[u];
+    for (Py_ssize_t j = body; j < n; ++j) {
         const double t = (double)x[j] - v[j];
         s += t * t;
     }

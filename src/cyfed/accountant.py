@@ -275,6 +275,29 @@ def epsilon(noise_multiplier, sample_rate, steps, delta, orders=None):
     return rdp_to_epsilon(steps * one if steps else np.zeros_like(one), alphas, delta)[0]
 
 
+class EpsilonCurve:
+    r"""Epsilon after t steps of one fixed mechanism, cheap enough to report every step.
+
+    The RDP of one step and the order-dependent terms of the Balle et al.
+    conversion are computed once; ``curve(t)`` is then
+    :math:`\max(0, \min_\alpha t\,\varepsilon_\alpha - (\log\delta + \log\alpha)/(\alpha - 1)
+    + \log((\alpha - 1)/\alpha))`, the value of ``epsilon(..., steps=t, ...)``
+    (to rounding).
+    """
+
+    def __init__(self, noise_multiplier, sample_rate, delta, orders=None):
+        _check(delta=delta)
+        alphas = _orders(orders)
+        self._rdp = rdp(noise_multiplier, sample_rate, alphas)
+        self._offset = -(math.log(delta) + np.log(alphas)) / (alphas - 1.0) + np.log1p(-1.0 / alphas)
+
+    def __call__(self, steps):
+        _check(steps=steps)
+        if steps == 0 or not np.any(self._rdp):
+            return 0.0
+        return max(float(np.min(steps * self._rdp + self._offset)), 0.0)
+
+
 def noise_multiplier_for(target_epsilon, delta, sample_rate, steps, orders=None, *, tol=0.01):
     r"""Smallest noise multiplier whose epsilon after `steps` steps is at most `target_epsilon`.
 

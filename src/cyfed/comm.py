@@ -3,8 +3,8 @@
 Algorithms are written once against `Communicator` and never import mpi4py;
 this module is the only one that does, lazily, so `import cyfed` works with no
 MPI library installed.  Arrays travel through mpi4py's buffer methods
-(`Allreduce(MPI.IN_PLACE, buf)`, `Bcast`, `Gather`, `Gatherv`); pickling is
-only for small objects.
+(`Allreduce(MPI.IN_PLACE, buf)`, `Bcast`, `Gather`, `Gatherv`, `Allgatherv`);
+pickling is only for small objects.
 
 Point-to-point messages (`send`, `recv`, `isend`, `irecv`, `wait`, `waitany`,
 `iprobe`) are an extension outside the `Communicator` protocol, used by the
@@ -53,6 +53,11 @@ class Communicator(Protocol):
         """Every rank's 1-d `buf` (any lengths) concatenated in rank order on root,
         with the per-rank counts: (array, counts) on root, (None, counts) elsewhere."""
 
+    def allgatherv(self, buf: np.ndarray, counts=None):
+        """Every rank's 1-d `buf` (any lengths) concatenated in rank order, on every
+        rank: (array, counts).  `counts`, every rank's length (the same list on all
+        ranks), skips the exchange of the lengths when they are known beforehand."""
+
     def bcast_obj(self, obj, root: int = 0):
         """Root's small picklable object, on every rank."""
 
@@ -92,6 +97,10 @@ class LocalComm:
 
     def gatherv(self, buf, root=0):
         return np.asarray(buf).ravel(), [int(np.size(buf))]
+
+    def allgatherv(self, buf, counts=None):
+        buf = np.array(buf).ravel()
+        return buf, _check_counts(counts, self, buf.size) or [buf.size]
 
     def bcast_obj(self, obj, root=0):
         return obj
@@ -204,6 +213,13 @@ class MPIComm:
             self.comm.Gatherv(buf, None, root=root)
         return out, counts
 
+    def allgatherv(self, buf, counts=None):
+        buf = np.ascontiguousarray(buf).ravel()
+        counts = _check_counts(counts, self, buf.size) or self.comm.allgather(buf.size)
+        out = np.empty(sum(counts), dtype=buf.dtype)
+        self.comm.Allgatherv(buf, (out, counts))
+        return out, counts
+
     def bcast_obj(self, obj, root=0):
         return self.comm.bcast(obj, root=root)
 
@@ -285,11 +301,13 @@ class CountingComm:
     buffers of every buffer method: an in-place (i)allreduce of b bytes counts b
     sent and b received; ``bcast`` b sent on root and b received elsewhere;
     ``gather`` / ``gatherv`` the local buffer sent and, on root, the assembled
-    result received; ``send`` / ``isend`` b sent; ``recv`` / ``irecv`` the receive
-    buffer's b received (its capacity: MPI may deliver a shorter message).  A
-    communicator of size 1 hands nothing to MPI and counts 0.  The pickled
-    small-object methods (``*_obj``) are not counted.  Everything else is passed
-    through to the wrapped communicator.
+    result received; ``allgatherv`` the local buffer sent and the assembled result
+    (this rank's part included, as for ``gather``) received; ``send`` / ``isend`` b
+    sent; ``recv`` / ``irecv`` the receive buffer's b received (its capacity: MPI
+    may deliver a shorter message).  A communicator of size 1 hands nothing to MPI
+    and counts 0.  The pickled small-object methods (``*_obj``) and the lengths
+    that ``gatherv`` / ``allgatherv`` exchange when not given are not counted.
+    Everything else is passed through to the wrapped communicator.
     """
 
     def __init__(self, comm):
@@ -326,6 +344,11 @@ class CountingComm:
         self._count(np.asarray(buf).nbytes, 0 if out is None else out.nbytes)
         return out, counts
 
+    def allgatherv(self, buf, counts=None):
+        out, counts = self.comm.allgatherv(buf, counts)
+        self._count(np.asarray(buf).nbytes, out.nbytes)
+        return out, counts
+
     def send(self, buf, dest, tag=0):
         self._count(sent=buf.nbytes)
         return self.comm.send(buf, dest, tag)
@@ -341,6 +364,18 @@ class CountingComm:
     def irecv(self, buf, source=None, tag=None):
         self._count(received=buf.nbytes)
         return self.comm.irecv(buf, source, tag)
+
+
+def _check_counts(counts, comm, size):
+    """The given per-rank lengths as a list of ints (None if not given), checked
+    against the rank count and this rank's buffer of `size` entries."""
+    if counts is None:
+        return None
+    counts = [int(c) for c in counts]
+    if len(counts) != comm.size or counts[comm.rank] != size:
+        raise ValueError(f"counts must give all {comm.size} ranks' lengths, this rank's "
+                         f"(rank {comm.rank}) being {size}; got {counts}")
+    return counts
 
 
 class _LocalRequest:

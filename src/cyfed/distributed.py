@@ -20,8 +20,10 @@ added after the Allreduce.
 
 Local SGD (``local_steps=H > 1``) trades that per-step Allreduce for one model
 average every H steps, and ``overlap=True`` hides the average behind the next
-H local steps (see `DistributedGD`).
+H local steps (see `DistributedGD`).  ``compression=`` replaces the Allreduce of
+the gradient sums by an Allgatherv of compressed payloads (`GradientCompression`).
 """
+import copy
 import numbers
 import time
 from pathlib import Path
@@ -32,8 +34,10 @@ import numpy as np
 from cyfed import _validation as check
 from cyfed import accountant
 from cyfed import checkpoint
+from cyfed import compress
 from cyfed import gradients
 from cyfed.comm import CountingComm, LocalComm
+from cyfed.compressed_rounds import WIRE_DTYPE, Uplink
 from cyfed.privacy import DPSGD
 from cyfed.schedules import get_schedule
 
@@ -105,6 +109,64 @@ def agree_on_data(comm, problem, top_label):
     k = (max(max(m[3] for m in meta) + 1, 2) if problem.kind == gradients.Kind.SOFTMAX
          else 1)
     return problem, [m[2] for m in meta], k
+
+
+class GradientCompression:
+    """The sum over ranks of each rank's gradient sums, through compressed payloads.
+
+    Called in place of ``comm.allreduce_sum(buf)`` on `DistributedGD`'s buffer
+    ``[gradient sums (width), loss sum, weight sum, clipped count, error flag]``:
+    the gradient part of every rank goes through `cyfed.compressed_rounds.Uplink`
+    (float32 on the wire, error feedback keyed by the rank, random draws seeded by
+    (seed, t, stream, rank)), one Allgatherv carries every rank's payload to every
+    rank, and each rank decodes them all and adds them in rank order, so every rank
+    holds the same sum.  The scalars (and a flag for a gradient that could not be
+    encoded, i.e. one that is not finite) go in an in-place Allreduce of 5
+    float64s first: on a kernel error or a non-finite gradient anywhere, no payload
+    is sent and `DistributedGD` raises on every rank (a non-finite gradient leaves
+    NaN in the sum, which it reports as divergence).
+    """
+
+    def __init__(self, comm, compressor, error_feedback, seed, n_classes, width):
+        self.comm, self.width = comm, width
+        # a private copy: PowerSGD's warm start must not leak from one fit into the next
+        compressor = copy.deepcopy(compressor)
+        self.uplink = Uplink(compressor, error_feedback, seed, n_classes)
+        shape = width
+        if isinstance(compressor, compress.PowerSGD):
+            shape = (width // n_classes, n_classes)
+            if compressor.rank > min(shape):
+                raise ValueError(f"PowerSGD rank must be <= {min(shape)} for a gradient "
+                                 f"seen as a {shape[0]} x {shape[1]} matrix (rows: the "
+                                 f"features and the intercept, columns: the classes), got "
+                                 f"{compressor.rank}")
+        # the same on every rank (the payload size depends only on the shape): no
+        # exchange of the lengths before the Allgatherv
+        self.counts = [compressor.max_payload_nbytes(shape, WIRE_DTYPE)] * comm.size
+
+    def __call__(self, buf, t):
+        comm, width = self.comm, self.width
+        try:
+            with np.errstate(over="ignore", invalid="ignore"):   # a diverging run: reported
+                payload, _ = self.uplink.encode(buf[None, :width], [comm.rank], t)
+        except ValueError:              # not finite (or out of FP16's range)
+            payload = None
+        scalars = comm.allreduce_sum(np.append(buf[width:], float(payload is None)))
+        buf[width:] = scalars[:-1]
+        if scalars[-1] > 0:
+            buf[:width] = np.nan
+        elif buf[-1] == 0:
+            flat, counts = comm.allgatherv(payload, self.counts)
+            buf[:width] = self.uplink.decode(flat, counts, width).sum(axis=0)
+        return buf
+
+    def state_dict(self):
+        """This rank's error-feedback residual and compressor state, keyed by str(rank)."""
+        return self.uplink.state_dict()
+
+    def load_state_dict(self, states):
+        """Restore this rank's entries of the merged `states` of all ranks."""
+        self.uplink.load_state_dict(states, [self.comm.rank])
 
 
 class DistributedGD:
@@ -220,6 +282,54 @@ class DistributedGD:
         blocking average so every rank returns the same model.  Works for any H
         (H = 1 then averages models, not gradients).  No checkpoints with overlap
         (the ranks' models differ between averages).
+    compression : cyfed.compress compressor or None
+        Compress the gradients of synchronous GD (local_steps=1, overlap=False;
+        not with privacy: DP-SGD's noise is calibrated to the exact clipped sum).
+        Each step rank r computes its gradient sums g_{r,t} (d k + k values, the
+        same kernel pass as without compression), rounds them to float32 (the
+        wire format of `cyfed.compressed_rounds`) and sends the payload C(g_{r,t})
+        to every rank with ONE Allgatherv (the approach of Deep Gradient
+        Compression, Lin et al. 2018, arXiv:1712.01887, for top-k); every rank
+        decodes all P payloads and adds them in rank order,
+
+            g_t = (sum_{r=0}^{P-1} decode(C(g_{r,t}))) / (sum_r weight_sum_r) + l2 theta_t,
+
+        so every rank holds the same g_t and applies the same update (momentum,
+        schedules, tol and gtol as above).  The loss and weight sums and the error
+        flags travel uncompressed in an in-place Allreduce of 5 float64s.  The
+        payloads are gathered rather than reduced because most formats (top-k,
+        random-k, QSGD, sign, PowerSGD) cannot be added without decoding, and for
+        FP16/BF16 the MPI standard has no 16-bit float type to sum (MPICH >= 3.4
+        and Open MPI 5 have MPIX_C_FLOAT16 as an extension; mpi-forum/mpi-issues
+        #65), and summing in 16 bits would round every partial sum and overflow
+        at 65504 for FP16; the Allgatherv
+        also yields the same sum, bit for bit, on every rank.  Per step a rank
+        therefore hands MPI 40 + s bytes to send and 40 + P s to receive, s the
+        payload size (``compression.max_payload_nbytes(d k + k, numpy.float32)``;
+        for PowerSGD the gradient is a (d + 1) x k matrix, rows the features and
+        the intercept, so its rank must be <= min(d + 1, k): 1 for k = 1),
+        against 8 (d k + k + 4) each way without compression.  Random compressors
+        (QSGD, RandK, PowerSGD's first Q) draw from a generator seeded by
+        (seed, t, 5, r).  A compressed sum depends on how the rows are split over
+        the ranks (each rank compresses its own sum): results are reproducible for
+        a given (seed, sharding), bit for bit, not across rank counts.  The
+        compressor object is copied at fit, so its state never leaks between fits.
+    error_feedback : bool
+        Error feedback on each rank's gradient sums (Stich et al. 2018,
+        arXiv:1809.07599; Karimireddy et al. 2019, arXiv:1901.09847): rank r keeps
+        a float32 residual e_r (0 at the start) and sends
+
+            p_{r,t} = g_{r,t} + e_{r,t},   C(p_{r,t}),   e_{r,t+1} = p_{r,t} - decode(C(p_{r,t})),
+
+        so what a biased compressor (TopK, ScaledSign, PowerSGD) drops is delayed,
+        not lost: sum_t decode(C(p_{r,t})) = sum_t g_{r,t} - e_{r,T}.  Needs
+        compression, and a contractive compressor (RandK only with
+        unbiased=False; see `cyfed.compress.ErrorFeedback`).  The residual acts as
+        a delay, so error feedback may need a smaller lr than uncompressed GD, and
+        with the ranks' shards differing (their local gradients do not vanish at
+        the optimum) it reaches a neighbourhood of the optimum of size O(lr).
+        Checkpoints hold every rank's residual (and PowerSGD's warm-start Q), each
+        restored on its rank, so a resumed run ends bit-identical.
 
     Attributes
     ----------
@@ -240,8 +350,9 @@ class DistributedGD:
         an empty batch) and 'epsilon' (after t + 1 steps, at privacy.delta;
         omitted when delta is None).  'bytes_sent' / 'bytes_received': this
         rank's bytes of the buffers handed to MPI for the record
-        (`cyfed.comm.CountingComm`: an Allreduce of b bytes counts b each way; 0
-        on one process); the one-time setup exchange of shapes is not counted.
+        (`cyfed.comm.CountingComm`: an Allreduce of b bytes counts b each way, an
+        Allgatherv the rank's payload sent and all P payloads received; 0 on one
+        process); the one-time setup exchange of shapes is not counted.
     noise_multiplier_ : z used (with privacy);  accountant_ :
     `cyfed.accountant.RDPAccountant` holding the privacy spent over n_iter_ steps.
     """
@@ -250,7 +361,8 @@ class DistributedGD:
                  fit_intercept=True, l2=0.0, momentum=0.0, nesterov=False,
                  lr_schedule="constant", tol=None, gtol=None, seed=0, n_threads=None,
                  comm=None, checkpoint=None, checkpoint_every=10, resume=False,
-                 privacy=None, local_steps=1, overlap=False):
+                 privacy=None, local_steps=1, overlap=False, compression=None,
+                 error_feedback=False):
         self.loss, self.lr, self.max_iter, self.batch_size = loss, lr, max_iter, batch_size
         self.fit_intercept, self.l2 = fit_intercept, l2
         self.momentum, self.nesterov, self.lr_schedule = momentum, nesterov, lr_schedule
@@ -259,6 +371,7 @@ class DistributedGD:
         self.checkpoint, self.checkpoint_every, self.resume = checkpoint, checkpoint_every, resume
         self.privacy = privacy
         self.local_steps, self.overlap = local_steps, overlap
+        self.compression, self.error_feedback = compression, error_feedback
 
     # -- checks ---------------------------------------------------------------
 
@@ -302,7 +415,29 @@ class DistributedGD:
             if self.batch_size is not None:
                 raise ValueError("batch_size must be None with privacy: DP-SGD draws Poisson "
                                  "batches of expected size privacy.sample_rate * n_samples")
+        self._check_compression()
         return get_schedule(self.lr_schedule)
+
+    def _check_compression(self):
+        if self.compression is not None and not isinstance(self.compression,
+                                                           compress.Compressor):
+            raise TypeError(f"compression must be a cyfed.compress compressor (FP16(), "
+                            f"TopK(k), ...) or None, got {type(self.compression).__name__}")
+        if not isinstance(self.error_feedback, (bool, np.bool_)):
+            raise TypeError(f"error_feedback must be a bool, got "
+                            f"{type(self.error_feedback).__name__}")
+        if self.compression is None:
+            if self.error_feedback:
+                raise ValueError("error_feedback needs compression (a compressor)")
+            return
+        if self.privacy is not None:
+            raise ValueError("compression does not combine with privacy: DP-SGD's noise is "
+                             "calibrated to the exact sum of the clipped gradients")
+        if self.local_steps > 1 or self.overlap:
+            raise ValueError("compression needs local_steps=1 and overlap=False: it "
+                             "compresses the per-step gradients, not model averages")
+        if self.error_feedback:
+            compress.ErrorFeedback(self.compression)        # refuses non-contractive ones
 
     # -- training -------------------------------------------------------------
 
@@ -341,21 +476,25 @@ class DistributedGD:
         prev_loss = None
         first, done = 0, False
         fingerprint = None
+        codec = None
+        if self.compression is not None:
+            codec = GradientCompression(comm, self.compression, self.error_feedback,
+                                        self.seed, k, problem.d * k + k)
         if self.checkpoint is not None:
             fingerprint = self._fingerprint(comm, problem)
             if self.resume:
-                restored = self._restore(comm, fingerprint)
+                restored = self._restore(comm, fingerprint, codec)
                 if restored is not None:
                     coef, intercept, velocity, prev_loss, first, done = restored
         run = SimpleNamespace(comm=comm, problem=problem, k=k, schedule=schedule,
                               threads=threads, n_global=n_global, offset=offset,
-                              fingerprint=fingerprint, callback=callback,
+                              fingerprint=fingerprint, callback=callback, codec=codec,
                               start=time.perf_counter(), sent=0, received=0)
         train = self._train if self.local_steps == 1 and not self.overlap else self._train_local
         prev_loss = train(run, coef, intercept, velocity, prev_loss,
                           range(first, self.max_iter if not done else first))
         if self.checkpoint is not None:
-            self._save(comm, fingerprint, coef, intercept, velocity, prev_loss, True)
+            self._save(comm, fingerprint, coef, intercept, velocity, prev_loss, True, codec)
         self._store(coef, intercept, k)
         if self.privacy is not None:
             self._account()
@@ -371,11 +510,12 @@ class DistributedGD:
         if dp is not None:
             q, clip = float(dp.sample_rate), float(dp.clip_norm)
             z = self.noise_multiplier_
-            # the RDP of one step, once: epsilon after t steps is that of t times it
-            step_rdp = accountant.rdp(z, q)
+            epsilon_after = (accountant.EpsilonCurve(z, q, dp.delta) if dp.delta is not None
+                             else None)
             expected_batch = q * run.n_global
         else:
             clip = None
+        sum_ranks = run.codec if run.codec is not None else lambda b, t: comm.allreduce_sum(b)
         no_intercept = np.empty(0, dtype=problem.dtype)
         for t in steps:
             if dp is None:
@@ -388,7 +528,7 @@ class DistributedGD:
             loss_sum, weight_sum, n_clipped, error = self._local_sums(
                 problem, work_coef, work_b, rows, buf, run.threads, clip)
             buf[dk + k:] = loss_sum, weight_sum, n_clipped, 0.0 if error is None else 1.0
-            comm.allreduce_sum(buf)
+            sum_ranks(buf, t)
             if buf[-1] > 0:
                 raise_if_any(comm, error)
             if dp is None:
@@ -412,9 +552,8 @@ class DistributedGD:
                 record["batch_size"] = batch_size
                 record["clipped_fraction"] = (float(buf[dk + k + 2] / batch_size) if batch_size
                                               else 0.0)
-                if dp.delta is not None:
-                    record["epsilon"] = accountant.rdp_to_epsilon(
-                        (t + 1) * step_rdp, accountant.DEFAULT_ORDERS, dp.delta)[0]
+                if epsilon_after is not None:
+                    record["epsilon"] = epsilon_after(t + 1)
             if self._record(run, record, prev_loss):
                 break
             prev_loss = loss
@@ -422,7 +561,8 @@ class DistributedGD:
             self.n_iter_ = t + 1
             if self.checkpoint is not None and (t + 1) % self.checkpoint_every == 0 \
                     and t + 1 < self.max_iter:
-                self._save(comm, run.fingerprint, coef, intercept, velocity, prev_loss, False)
+                self._save(comm, run.fingerprint, coef, intercept, velocity, prev_loss, False,
+                           run.codec)
         return prev_loss
 
     def _train_local(self, run, coef, intercept, velocity, prev_loss, steps):
@@ -588,21 +728,31 @@ class DistributedGD:
             config["privacy"] = self.privacy.hyper_parameters()
         if self.local_steps != 1:
             config["local_steps"] = self.local_steps
+        if self.compression is not None:
+            config["compression"] = repr(self.compression)      # names every hyper-parameter
+            config["error_feedback"] = bool(self.error_feedback)
         config = checkpoint.digest(config)
         mine = checkpoint.digest(problem.X, problem.y, problem.sample_weight)
         return config, checkpoint.digest(comm.allgather_obj(mine))
 
-    def _save(self, comm, fingerprint, coef, intercept, velocity, prev_loss, done):
+    def _save(self, comm, fingerprint, coef, intercept, velocity, prev_loss, done,
+              codec=None):
+        arrays = {"coef": coef, "intercept": intercept, "velocity": velocity}
+        if codec is not None:           # every rank's residual and compressor state
+            states = comm.gather_obj(codec.state_dict())
+            if comm.rank == 0:
+                arrays["compression"] = {part: {key: value for state in states
+                                                for key, value in state[part].items()}
+                                         for part in states[0]}
         if comm.rank == 0:
             meta = {"iteration": self.n_iter_, "done": done, "prev_loss": prev_loss,
                     "history": self.history_, "config": fingerprint[0], "data": fingerprint[1]}
             if self.privacy is not None:
                 self._account()
                 meta["accountant"] = self.accountant_.state_dict()
-            checkpoint.save(self.checkpoint,
-                            {"coef": coef, "intercept": intercept, "velocity": velocity}, meta)
+            checkpoint.save(self.checkpoint, arrays, meta)
 
-    def _restore(self, comm, fingerprint):
+    def _restore(self, comm, fingerprint, codec=None):
         """(coef, intercept, velocity, prev_loss, next iteration, done) or None."""
         found = comm.bcast_obj(Path(self.checkpoint).exists() if comm.rank == 0 else None)
         if not found:
@@ -619,6 +769,8 @@ class DistributedGD:
         self.n_iter_ = int(meta["iteration"])
         if self.privacy is not None:
             self.accountant_.load_state_dict(meta["accountant"])
+        if codec is not None:
+            codec.load_state_dict(arrays["compression"])
         return (np.array(arrays["coef"]), np.array(arrays["intercept"]),
                 np.array(arrays["velocity"]), meta["prev_loss"], self.n_iter_, meta["done"])
 

@@ -18,7 +18,6 @@ Both report epsilon(delta) in the history after every step or round.
 import math
 import numbers
 
-import numpy as np
 
 from cyfed.accountant import RDPAccountant, epsilon, noise_multiplier_for
 

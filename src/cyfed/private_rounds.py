@@ -29,8 +29,6 @@ from cyfed import accountant
 from cyfed._simd import load
 
 _kernels, _ = load("_aggregate")
-_NO_ROWS = np.empty((0, 0))
-_NO_TOTAL = np.empty(0)
 
 
 class PrivateRounds:
@@ -55,9 +53,9 @@ class PrivateRounds:
             update_noise = privacy.update_noise(self.noise_multiplier, denominator)
         self.update_noise = update_noise
         self.clip_norm = float(privacy.clip_norm) if privacy is not None else None
-        # one round's RDP at every order; t rounds compose to t times it
-        self._rdp = (accountant.rdp(self.noise_multiplier, sample_rate)
-                     if privacy is not None and privacy.delta is not None else None)
+        self._epsilon = (accountant.EpsilonCurve(self.noise_multiplier, sample_rate,
+                                                 privacy.delta)
+                         if privacy is not None and privacy.delta is not None else None)
         self.max_weight = secure.max_weight if secure is not None else None
 
     @property
@@ -71,21 +69,31 @@ class PrivateRounds:
         """Rows [w u, w, b, client id] (width p + 3) of the clients with finite
         messages (m, p): clipped, weighted and, under distributed DP, noised."""
         m, p = messages.shape
-        rows = np.empty((m, p + 3))
-        scales = np.empty(m)
-        clip = self.clip_norm if self.privacy is not None else math.inf
-        _kernels.clip_updates(messages, reference, clip, rows, _NO_TOTAL, scales)
+        scales = self._scales(messages, reference)
+        ok = self._finite(scales, client_ids)
+        messages, scales = messages[ok], scales[ok]
+        client_ids, n_samples = np.asarray(client_ids)[ok], np.asarray(n_samples)[ok]
+        rows = np.empty((len(scales), p + 3))
+        np.subtract(messages, reference, out=rows[:, :p])
         rows[:, p + 2] = client_ids
         if self.privacy is None:
             rows[:, p] = np.minimum(n_samples, self.max_weight) / self.max_weight
-            rows[:, :p] *= rows[:, p:p + 1]
             rows[:, p + 1] = 0.0
         else:
             rows[:, p] = 1.0
             rows[:, p + 1] = scales == 1.0
-            if self.privacy.noise == "distributed" and self.noise_multiplier > 0:
-                self._add_shares(rows[:, :p + 2], client_ids, rnd)
-        return rows[self._finite(scales, client_ids)]
+        rows[:, :p] *= (scales if self.privacy is not None else rows[:, p])[:, None]
+        if self.privacy is not None and self.privacy.noise == "distributed" \
+                and self.noise_multiplier > 0:
+            self._add_shares(rows[:, :p + 2], client_ids, rnd)
+        return rows
+
+    def _scales(self, messages, reference):
+        """min(1, S / ||message - reference||) per row (1 without DP), NaN if not finite."""
+        scales = np.empty(len(messages))
+        clip = self.clip_norm if self.privacy is not None else math.inf
+        _kernels.clip_scales(messages, reference, clip, scales)
+        return scales
 
     def _add_shares(self, rows, client_ids, rnd):
         """Every client's share of the noise: N(0, (z S)^2 / m) on its update and
@@ -108,15 +116,20 @@ class PrivateRounds:
 
     def server_sum(self, messages, reference, client_ids):
         """(sum of the rows [u, 1, b], number of clients) with the server clipping
-        the clients' finite updates itself (central DP, no secure aggregation)."""
+        the clients' finite updates itself (central DP, no secure aggregation):
+        sum_k s_k (x_k - r) = sum_k s_k x_k - (sum_k s_k) r, one compiled weighted sum."""
         m, p = messages.shape
-        total = np.zeros(p + 2)
-        scales = np.empty(m)
-        _kernels.clip_updates(messages, reference, self.clip_norm, _NO_ROWS, total, scales)
+        scales = self._scales(messages, reference)
         ok = self._finite(scales, client_ids)
-        total[p] = ok.sum()
+        if not ok.all():
+            messages, scales = messages[ok], scales[ok]
+        total = np.zeros(p + 2)
+        if len(scales):
+            _kernels.weighted_sum(messages, scales, 1.0, total[:p], 1)
+            total[:p] -= scales.sum() * reference
+        total[p] = len(scales)
         total[p + 1] = np.sum(scales == 1.0)
-        return total, int(ok.sum())
+        return total, len(scales)
 
     @staticmethod
     def _finite(scales, client_ids):
@@ -148,9 +161,8 @@ class PrivateRounds:
             record["unclipped_fraction"] = float(total[p + 1] / self.denominator)
             self.clip_norm = self.privacy.next_clip_norm(self.clip_norm,
                                                          record["unclipped_fraction"])
-        if self._rdp is not None:
-            record["epsilon"] = accountant.rdp_to_epsilon(
-                (rnd + 1) * self._rdp, accountant.DEFAULT_ORDERS, self.privacy.delta)[0]
+        if self._epsilon is not None:
+            record["epsilon"] = self._epsilon(rnd + 1)
         return theta, record
 
     def state_dict(self):
