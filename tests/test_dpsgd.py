@@ -16,7 +16,6 @@ from cyfed.data import shard_rows
 from cyfed.distributed import DistributedGD
 from cyfed.gradients import clipped_grad_sum, loss_grad
 from cyfed.privacy import DPSGD
-from reference import RTOL
 
 COMM = get_comm()
 # (loss, k): softmax with few classes takes the padded micro-kernels, with 40 the general ones

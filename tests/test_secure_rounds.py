@@ -7,7 +7,7 @@ import pytest
 
 from cyfed.attacks import SignFlip
 from cyfed.comm import LocalComm, get_comm
-from cyfed.data import iid, make_fedprox_synthetic
+from cyfed.data import make_fedprox_synthetic
 from cyfed.federated import FederatedTrainer
 from cyfed.privacy import ClientDP
 from cyfed.secagg import SecureAggregation
