@@ -33,4 +33,5 @@ def clip_scales(
     reference: npt.NDArray[np.float64],
     clip_norm: float,
     scales: npt.NDArray[np.float64],
+    n_threads: int,
 ) -> None: ...

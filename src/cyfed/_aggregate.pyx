@@ -142,19 +142,17 @@ def finite_rows(const floating[:, ::1] updates, unsigned char[::1] out):
 
 
 def clip_scales(const double[:, ::1] messages, const double[::1] reference, double clip_norm,
-                double[::1] scales):
+                double[::1] scales, int n_threads):
     """scales[i] = min(1, clip_norm / ||messages[i] - reference||): exactly 1 when the
     update fits, NaN when row i is not finite, 0 when its squared norm overflows
-    (with clip_norm = inf: 1 for every finite row, NaN otherwise)."""
+    (with clip_norm = inf: 1 for every finite row, NaN otherwise).  Threads over rows."""
     cdef Py_ssize_t K = messages.shape[0], p = messages.shape[1], i
-    cdef const double *x
     cdef const double *r = &reference[0]
     cdef double sq
-    with nogil:
-        for i in range(K):
-            x = &messages[i, 0]
-            sq = sq_dist_to(x, r, p)
-            if sq <= DBL_MAX:           # finite: so is every entry of the row
-                scales[i] = 1.0 if sq <= clip_norm * clip_norm else clip_norm / sqrt(sq)
-            else:                       # a NaN/Inf entry, or a finite row too big to square
-                scales[i] = NAN if not all_finite(x, p) else 0.0
+    cdef int nt = max(1, min(n_threads, K // 64))
+    for i in prange(K, nogil=True, num_threads=nt, schedule="static"):
+        sq = sq_dist_to(&messages[i, 0], r, p)
+        if sq <= DBL_MAX:           # finite: so is every entry of the row
+            scales[i] = 1.0 if sq <= clip_norm * clip_norm else clip_norm / sqrt(sq)
+        else:                       # a NaN/Inf entry, or a finite row too big to square
+            scales[i] = NAN if not all_finite(&messages[i, 0], p) else 0.0

@@ -227,7 +227,8 @@ class FederatedTrainer:
         if self.secure_aggregation is not None:
             self.secure_aggregation.check_clients(m)
         return PrivateRounds(self.privacy, self.secure_aggregation, self.seed, m / n_clients,
-                             float(m), self.rounds)
+                             float(m), self.rounds,
+                             check.n_threads(self.n_workers, gradients._kernels.max_threads()))
 
     def _prepare(self, hosted):
         """Validate the hosted clients and concatenate their rows: (problem, offsets, ids)."""

@@ -42,10 +42,12 @@ class PrivateRounds:
     sample_rate : q, the probability that a client is sampled in a round
     denominator : m, the fixed denominator (sample size, or q N with Poisson sampling)
     rounds : rounds of the run (to calibrate z from a target epsilon)
+    n_threads : threads of the clipping kernel
     """
 
-    def __init__(self, privacy, secure, seed, sample_rate, denominator, rounds):
+    def __init__(self, privacy, secure, seed, sample_rate, denominator, rounds, n_threads=1):
         self.privacy, self.secure, self.seed = privacy, secure, seed
+        self.n_threads = n_threads
         self.sample_rate, self.denominator = sample_rate, denominator
         self.noise_multiplier = update_noise = 0.0
         if privacy is not None:
@@ -92,7 +94,7 @@ class PrivateRounds:
         """min(1, S / ||message - reference||) per row (1 without DP), NaN if not finite."""
         scales = np.empty(len(messages))
         clip = self.clip_norm if self.privacy is not None else math.inf
-        _kernels.clip_scales(messages, reference, clip, scales)
+        _kernels.clip_scales(messages, reference, clip, scales, self.n_threads)
         return scales
 
     def _add_shares(self, rows, client_ids, rnd):
