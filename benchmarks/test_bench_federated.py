@@ -119,3 +119,36 @@ def test_numpy_round(benchmark, timed, workload, threads):
 
     W2, b2 = timed(one_round, (), threads=threads)
     assert np.all(np.isfinite(W2))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("clients", [100, 1000])
+@pytest.mark.parametrize("side", ["plain", "dp-central"])
+def test_server_aggregation(benchmark, timed, smoke, clients, threads, side):
+    """The server's part of a round alone: FedAvg's weighted mean of the clients'
+    models beside DP-FedAvg's (clip every update, sum, noise, adaptive clip norm,
+    epsilon), 60 x 10 softmax models (610 parameters)."""
+    from cyfed import aggregate
+    from cyfed.private_rounds import PrivateRounds
+    clients = max(2, clients // SMOKE_SCALE) if smoke else clients
+    benchmark.group = f"server-m{clients}-t{threads}"
+    benchmark.extra_info["implementation"] = side
+    rng = np.random.default_rng(0)
+    theta = 0.1 * rng.standard_normal(610)
+    models = theta + 0.01 * rng.standard_normal((clients, 610))
+    n_samples = rng.integers(10, 100, clients).astype(float)
+    ids = np.arange(clients)
+    private = PrivateRounds(ClientDP(clip_norm=0.05, noise_multiplier=1.0, adaptive=True,
+                                     count_noise=5.0), None, 1, 0.1, float(clients), 100,
+                            threads)
+    strategy = FedAvg()
+
+    def plain(n_threads=None):
+        return aggregate.weighted_mean(models, n_samples, n_threads=n_threads)
+
+    def dp_central(n_threads=None):
+        total, count = private.server_sum(models, theta, ids)
+        return private.server_step(strategy, theta, total, count, 10 * clients, 0)[0]
+
+    out = timed(plain if side == "plain" else dp_central, (), threads=threads)
+    assert np.all(np.isfinite(out))
