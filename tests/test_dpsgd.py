@@ -149,6 +149,7 @@ def test_a_tiny_clip_norm_leaves_every_example_at_norm_c(loss, k, fit_intercept,
         _, gi, bi, ci = clipped_grad_sum(loss, X, y, coef, intercept, clip_norm=C, rows=[i])
         norm = np.linalg.norm(np.r_[gi.ravel(), np.ravel(bi) if fit_intercept else []])
         assert ci == 1 and norm == pytest.approx(C, rel=10 * rtol)
+        assert norm <= C * (1 + 1e-12)            # never above C: the sensitivity bound
 
 
 def test_the_thread_count_changes_only_rounding():
