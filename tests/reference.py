@@ -227,3 +227,27 @@ def make_problem(loss, n, d, k=3, *, dtype=np.float64, seed=0, intercept=False,
             sw[0] = 1.0
         sw = sw.astype(dtype)
     return X, y.astype(dtype), coef.astype(dtype), b, sw
+
+
+class Interrupted(Exception):
+    """Raised from a fit() callback to stop training as a killed run would."""
+
+
+def interrupted_and_resumed(make, data, path, every):
+    """(full run, run stopped halfway and resumed from its checkpoint) of the trainer
+    `make(**kwargs)` on `data` (the args of fit), checkpointing at `path` every
+    `every` iterations."""
+    full = make().fit(*data)
+    stop_at = full.n_iter_ // 2 + 1
+
+    def stop(record):
+        if record["iter"] == stop_at:
+            raise Interrupted
+
+    try:
+        make(checkpoint=path, checkpoint_every=every).fit(*data, callback=stop)
+    except Interrupted:
+        pass
+    else:
+        raise AssertionError(f"training never reached iteration {stop_at}")
+    return full, make(checkpoint=path, resume=True).fit(*data)

@@ -16,6 +16,7 @@ from cyfed.data import shard_rows
 from cyfed.distributed import DistributedGD
 from cyfed.gradients import clipped_grad_sum, loss_grad
 from cyfed.privacy import DPSGD
+from reference import interrupted_and_resumed
 
 COMM = get_comm()
 # (loss, k): softmax with few classes takes the padded micro-kernels, with 40 the general ones
@@ -313,20 +314,8 @@ def test_resume_with_dp_ends_bit_identical(params, tmp_path):
     X, y, _, _ = make_problem("softmax", 3, 600, 5, np.float64)
     make = lambda **kw: DistributedGD("softmax", lr=0.3, max_iter=30, seed=4,   # noqa: E731
                                       privacy=DPSGD(0.5, 0.7, 0.1), **params, **kw)
-    full = make().fit(X, y)
-    stop_at = full.n_iter_ // 2 + 1
     path = tmp_path / "dp.npz"
-
-    class Interrupted(Exception):
-        pass
-
-    def stop(record):
-        if record["iter"] == stop_at:
-            raise Interrupted
-
-    with pytest.raises(Interrupted):
-        make(checkpoint=path, checkpoint_every=3).fit(X, y, callback=stop)
-    resumed = make(checkpoint=path, resume=True).fit(X, y)
+    full, resumed = interrupted_and_resumed(make, (X, y), path, 3)
     np.testing.assert_array_equal(resumed.coef_, full.coef_)
     np.testing.assert_array_equal(resumed.intercept_, full.intercept_)
     assert resumed.n_iter_ == full.n_iter_

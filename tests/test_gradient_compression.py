@@ -12,6 +12,7 @@ from cyfed.comm import CountingComm, LocalComm, get_comm
 from cyfed.data import shard_rows
 from cyfed.distributed import DistributedGD, DivergenceError
 from cyfed.privacy import DPSGD
+from reference import interrupted_and_resumed
 
 COMM = get_comm()
 SCALARS_NBYTES = 5 * 8      # loss sum, weight sum, clipped count, error flag, encode flag
@@ -166,19 +167,8 @@ def test_resume_with_residuals_ends_bit_identical(tmp_path, loss, compressor, ef
     make = lambda **kw: DistributedGD(loss, lr=0.05, max_iter=30,  # noqa: E731
                                       momentum=0.8, batch_size=64, compression=compressor,
                                       error_feedback=ef, comm=COMM, **kw)
-    full = make().fit(*shard(X, y))
     path = tmp_path / "compressed.npz"
-
-    class Interrupted(Exception):
-        pass
-
-    def stop(record):
-        if record["iter"] == 17:
-            raise Interrupted
-
-    with pytest.raises(Interrupted):
-        make(checkpoint=path, checkpoint_every=5).fit(*shard(X, y), callback=stop)
-    resumed = make(checkpoint=path, resume=True).fit(*shard(X, y))
+    full, resumed = interrupted_and_resumed(make, shard(X, y), path, 5)
     np.testing.assert_array_equal(fitted(resumed), fitted(full))
     assert resumed.history_ == [{**h, "seconds": r["seconds"]}
                                 for h, r in zip(full.history_, resumed.history_)]

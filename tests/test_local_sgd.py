@@ -12,6 +12,7 @@ from cyfed.comm import CountingComm, LocalComm, get_comm
 from cyfed.data import shard_rows
 from cyfed.distributed import DistributedGD
 from cyfed.privacy import DPSGD
+from reference import interrupted_and_resumed
 
 COMM = get_comm()
 
@@ -212,19 +213,8 @@ def test_resumed_local_sgd_ends_bit_identical(tmp_path):
     X, y = problem()
     make = lambda **kw: DistributedGD(lr=0.05, max_iter=30, local_steps=4,  # noqa: E731
                                       momentum=0.8, batch_size=64, comm=COMM, **kw)
-    full = make().fit(*shard(X, y))
     path = tmp_path / "local.npz"
-
-    class Interrupted(Exception):
-        pass
-
-    def stop(record):
-        if record["iter"] == 16:
-            raise Interrupted
-
-    with pytest.raises(Interrupted):
-        make(checkpoint=path, checkpoint_every=5).fit(*shard(X, y), callback=stop)
-    resumed = make(checkpoint=path, resume=True).fit(*shard(X, y))
+    full, resumed = interrupted_and_resumed(make, shard(X, y), path, 5)
     np.testing.assert_array_equal(fitted(resumed), fitted(full))
     assert resumed.n_iter_ == full.n_iter_ == 30
     assert resumed.history_ == [{**h, "seconds": r["seconds"]}
