@@ -123,3 +123,14 @@ def test_compressed_rounds_are_bit_identical_for_any_ranks():
                    downlink_compression=compress.RandK(0.2), dropout=0.2)
     alone, spread = fit(**options), fit(comm=COMM, **options)
     np.testing.assert_array_equal(spread.coef_, alone.coef_)
+
+
+@pytest.mark.mpi
+def test_bytes_sent_and_received_are_the_buffers_this_rank_handed_to_mpi():
+    trainer = fit(comm=COMM, compression=compress.TopK(0.05), error_feedback=True)
+    for record in trainer.history_:
+        if COMM.size == 1:
+            assert record["bytes_sent"] == record["bytes_received"] == 0
+        elif COMM.rank > 0:      # gatherv of its clients' payloads; bcasts of payload and model
+            assert record["bytes_sent"] == record["bytes_up"]
+            assert record["bytes_received"] == record["bytes_down"] + 610 * 8

@@ -27,7 +27,7 @@ from cyfed import _validation as check
 from cyfed import aggregate, checkpoint, compress, gradients
 from cyfed._simd import load
 from cyfed.attacks import Attack
-from cyfed.comm import LocalComm
+from cyfed.comm import CountingComm, LocalComm
 from cyfed.compressed_rounds import Downlink, Uplink
 from cyfed.data import shard_rows
 from cyfed.distributed import agree_on_data, local_labels_max, on_every_rank
@@ -84,7 +84,11 @@ class FederatedTrainer:
     server optimizers over them); robust aggregators, which need every update,
     are refused.
 
-    Attributes after fit: coef_, intercept_, history_ (one dict per round).
+    Attributes after fit: coef_, intercept_, history_ (one dict per round): the
+    round, its clients, losses and metrics; bytes_up / bytes_down -- this rank's
+    clients' messages and the broadcast payload (what goes on the wire whether or
+    not there is one); bytes_sent / bytes_received -- what this rank handed to MPI
+    in the round (`cyfed.comm.CountingComm`: 0 in one process).
     """
 
     def __init__(self, strategy, loss="squared", *, rounds=10, clients_per_round=None,
@@ -372,7 +376,7 @@ class FederatedTrainer:
 
     def setup(self, clients):
         """Validate everything (on every rank, before any round) and start from theta = 0."""
-        comm = self.comm if self.comm is not None else LocalComm()
+        comm = CountingComm(self.comm if self.comm is not None else LocalComm())
         settings, (hosted, n_clients) = on_every_rank(
             comm, lambda: (self._settings(), self._hosted(clients, comm)))
         m = on_every_rank(comm, lambda: self._sample_size(n_clients))
@@ -407,6 +411,7 @@ class FederatedTrainer:
         """One round (index rnd seeds its sampling); updates theta_, coef_, history_."""
         r = self._run
         comm, m, n_clients, epochs = r["comm"], r["m"], r["n_clients"], r["epochs"]
+        counted = comm.bytes_sent, comm.bytes_received
         theta = self.theta_
         rng = np.random.default_rng([self.seed, rnd])
         if self.sampling == "poisson":
@@ -484,6 +489,8 @@ class FederatedTrainer:
                                                    else None))
         record["bytes_up"] = int(messages.nbytes + info.nbytes      # this rank's
                                  + (lengths.nbytes if uplink is not None else 0))
+        record["bytes_sent"] = comm.bytes_sent - counted[0]
+        record["bytes_received"] = comm.bytes_received - counted[1]
         self.history_.append(record)
         self._store(self.theta_, r["d"], r["k"])
         return record
