@@ -117,7 +117,7 @@ def test_clipping(benchmark, timed, bench_data, loss, shape, dtype, threads, imp
         result = timed(numpy_clipped, args, threads=threads)
     loss_sum, grad, n_clipped = result
     assert np.isfinite(loss_sum) and np.isfinite(grad).all()
-    seen = bench_data.results.setdefault((loss, p.shape, dtype, threads), {})
+    seen = bench_data.results.setdefault(("dp", loss, p.shape, dtype, threads), {})
     seen[impl] = result
     if {"clipped", "numpy"} <= seen.keys():
         (l1, g1, c1), (l2, g2, c2) = seen["clipped"], seen["numpy"]
