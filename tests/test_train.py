@@ -217,6 +217,29 @@ def test_distributed_train_on_a_csv_file_from_flags_alone(tmp_path):
     assert abs(float(model["intercept"]) - 0.3) < 1e-6
 
 
+def test_distributed_train_with_dp_sgd_and_compressed_gradients(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((2000, 3))
+    y = (X @ np.array([1.0, -2.0, 0.5]) > 0).astype(float)
+    np.savetxt(tmp_path / "data.csv", np.column_stack([X, y]), delimiter=",")
+    common = ["train", "--mode", "distributed", "--loss", "logistic", "--data", "data.csv",
+              "--label", "-1", "--set", "trainer.lr=0.5", "--set", "trainer.max_iter=40",
+              "--quiet"]
+    private = cyfed_cli(*common, "-o", "dp.npz", "--set", "privacy.clip_norm=1.0", "--set",
+                        "privacy.noise_multiplier=1.0", "--set", "privacy.sample_rate=0.05",
+                        cwd=tmp_path)
+    assert private.returncode == 0, private.stderr
+    history = json.loads((tmp_path / "dp.history.json").read_text())
+    assert 0 < history[-1]["epsilon"] and history[-1]["batch_size"] > 0
+    compressed = cyfed_cli(*common, "-o", "c.npz", "--set",
+                           'compression.uplink={ name = "TopK", k = 2 }', "--set",
+                           "compression.error_feedback=true", cwd=tmp_path)
+    assert compressed.returncode == 0, compressed.stderr
+    refused = cyfed_cli(*common, "--set", 'compression.downlink={ name = "FP16" }',
+                        cwd=tmp_path)
+    assert refused.returncode == 2 and "federated" in refused.stderr
+
+
 @pytest.mark.parametrize("args, message", [
     (["--set", "trainer.lrr=1"], "did you mean 'lr'"),
     (["--set", "data.builtin=\"nope\""], "nope"),

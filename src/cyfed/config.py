@@ -24,8 +24,8 @@ Layout (every table optional except what the mode needs)::
     target_epsilon = 3.0
     [secure_aggregation]             # optional, federated: cyfed.secagg.SecureAggregation
     neighbours = "log"               # keywords
-    [compression]                    # optional, federated: compressors of cyfed.compress
-    uplink = { name = "TopK", k = 0.01 }
+    [compression]                    # optional: compressors of cyfed.compress (distributed:
+    uplink = { name = "TopK", k = 0.01 }   # the gradients; no downlink)
     error_feedback = true
     downlink = { name = "FP16" }
     [output]
@@ -146,11 +146,13 @@ def validate(config):
             make_attack(config["attack"])
         if config["secure_aggregation"]:
             make_secure_aggregation(config["secure_aggregation"])
-        compression_options(config["compression"])
-    elif (config["strategy"] or config["attack"] or config["secure_aggregation"]
-          or config["compression"]):
-        raise ConfigError("[strategy], [attack], [secure_aggregation] and [compression] apply "
-                          "to mode = \"federated\" only")
+    elif config["strategy"] or config["attack"] or config["secure_aggregation"]:
+        raise ConfigError("[strategy], [attack] and [secure_aggregation] apply to "
+                          "mode = \"federated\" only")
+    elif "downlink" in config["compression"]:
+        raise ConfigError("[compression] downlink applies to mode = \"federated\" only "
+                          "(distributed GD compresses the gradients it all-gathers: uplink)")
+    compression_options(config["compression"])
     if config["privacy"]:
         make_privacy(config["privacy"], config["mode"])
     return config

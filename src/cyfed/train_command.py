@@ -119,13 +119,13 @@ def _trainer(config, comm, out, resume):
         kwargs["checkpoint_every"] = config["output"]["checkpoint_every"]
     if config["privacy"]:
         kwargs["privacy"] = cfg.make_privacy(config["privacy"], config["mode"])
+    kwargs.update(cfg.compression_options(config["compression"]))
     if config["mode"] == "distributed":
         return trainer_cls(config["loss"], **kwargs)
     strategy = cfg.make_strategy(config["strategy"] or {"name": "FedAvg"})
     attack = cfg.make_attack(config["attack"]) if config["attack"] else None
     if config["secure_aggregation"]:
         kwargs["secure_aggregation"] = cfg.make_secure_aggregation(config["secure_aggregation"])
-    kwargs.update(cfg.compression_options(config["compression"]))
     return trainer_cls(strategy, config["loss"], attack=attack, **kwargs)
 
 
