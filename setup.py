@@ -29,7 +29,7 @@ NO_OPENMP = os.environ.get("CYFED_NO_OPENMP", "") not in ("", "0")
 SRC = os.path.join("src", "cyfed")
 
 # Modules whose speed depends on the vector width: built once per SIMD level.
-HOT_MODULES = ["_losses", "_sgd", "_aggregate", "_compress"]
+HOT_MODULES = ["_losses", "_sgd", "_aggregate", "_compress", "_noise"]
 # Modules built once, for the baseline ISA.
 PLAIN_MODULES = ["_cpu"]
 # C headers the kernels include (a change to one rebuilds them).

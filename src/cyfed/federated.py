@@ -583,9 +583,8 @@ class FederatedTrainer:
         clients' prepared rows [w u, w, b, id], or their messages, which the server
         clips itself (central DP)."""
         if private.clients_prepare:
-            rows = messages.reshape(-1, self.strategy.message_width(theta.size) + 3)
-            rows = rows[np.argsort(rows[:, -1], kind="stable")]     # sum in client-id order
-            return rows[:, :-1].sum(axis=0), len(rows)
+            return private.sum_rows(
+                messages.reshape(-1, self.strategy.message_width(theta.size) + 3))
         info, messages = _in_id_order(info, messages)
         ids = info[:, 0].astype(np.int64)
         if self.attack is not None:

@@ -29,6 +29,7 @@ from cyfed import accountant
 from cyfed._simd import load
 
 _kernels, _ = load("_aggregate")
+_noise, _ = load("_noise")
 
 
 class PrivateRounds:
@@ -73,9 +74,10 @@ class PrivateRounds:
         m, p = messages.shape
         scales = self._scales(messages, reference)
         ok = self._finite(scales, client_ids)
-        messages, scales = messages[ok], scales[ok]
-        client_ids, n_samples = np.asarray(client_ids)[ok], np.asarray(n_samples)[ok]
-        rows = np.empty((len(scales), p + 3))
+        if not ok.all():
+            messages, scales = messages[ok], scales[ok]
+            client_ids, n_samples = np.asarray(client_ids)[ok], np.asarray(n_samples)[ok]
+        rows = self._buffer(len(scales), p + 3)
         np.subtract(messages, reference, out=rows[:, :p])
         rows[:, p + 2] = client_ids
         if self.privacy is None:
@@ -90,6 +92,25 @@ class PrivateRounds:
             self._add_shares(rows[:, :p + 2], client_ids, rnd)
         return rows
 
+    def _buffer(self, m, width):
+        """(m, width) rows reused across rounds (no page faults from a fresh array per
+        round); valid until the next call."""
+        buf = getattr(self, "_rows", None)
+        if buf is None or buf.shape[0] < m or buf.shape[1] != width:
+            buf = self._rows = np.empty((m, width))
+        return buf[:m]
+
+    def sum_rows(self, rows):
+        """(sum of the gathered rows [w u, w, b, id] in client-id order without the id,
+        number of rows), summed by the compiled in-order kernel."""
+        if np.any(np.diff(rows[:, -1]) < 0):
+            rows = rows[np.argsort(rows[:, -1], kind="stable")]
+        total = np.zeros(rows.shape[1])
+        if len(rows):
+            _kernels.weighted_sum(np.ascontiguousarray(rows), np.ones(len(rows)), 1.0, total,
+                                  self.n_threads)
+        return total[:-1], len(rows)
+
     def _scales(self, messages, reference):
         """min(1, S / ||message - reference||) per row (1 without DP), NaN if not finite."""
         scales = np.empty(len(messages))
@@ -99,22 +120,24 @@ class PrivateRounds:
 
     def _add_shares(self, rows, client_ids, rnd):
         """Every client's share of the noise: N(0, (z S)^2 / m) on its update and
-        N(0, sigma_b^2 / m) on its bit, from a Philox stream keyed by (seed, round)
-        at a counter block of its own, so a share depends on the client, not the rank."""
-        p = rows.shape[1] - 2
+        N(0, sigma_b^2 / m) on its bit, drawn by the compiled Philox4x32-10 kernel
+        (cyfed._noise) keyed by (seed, round) at the client's own counters, so a share
+        depends on the client, not on the rank or the number of threads."""
+        m, width = rows.shape
+        p = width - 2
+        if m == 0:                           # a rank that hosts none of this round's clients
+            return
+        assert rows.dtype == np.float64 and rows.strides[1] == rows.itemsize, \
+            "rows: float64 with contiguous rows expected"
+        ids = np.ascontiguousarray(client_ids, dtype=np.int64)
+        assert ids.shape == (m,), f"client_ids: expected shape ({m},), got {ids.shape}"
         scale = np.full(p + 2, self.update_noise * self.clip_norm)
         scale[p] = 0.0
         scale[p + 1] = self.privacy.count_std(self.denominator)
         scale /= math.sqrt(self.denominator)
-        bits = np.random.Philox(key=np.random.SeedSequence([self.seed, rnd, 2])
-                                .generate_state(2, np.uint64))
-        normal, state = np.random.Generator(bits).standard_normal, bits.state
-        for row, cid in zip(rows, client_ids):
-            # client cid's stream starts at counter (0, 0, 0, cid): disjoint blocks
-            state["state"]["counter"] = np.array([0, 0, 0, cid], dtype=np.uint64)
-            state["buffer_pos"] = 4                  # nothing buffered from the last client
-            bits.state = state
-            row += normal(p + 2) * scale
+        key = np.random.SeedSequence([self.seed, rnd, 2]).generate_state(2, np.uint64)
+        _noise.add_gaussian_rows(rows, ids, int(key[0]), int(key[1]), scale,
+                                 max(1, int(self.n_threads or 1)))
 
     def server_sum(self, messages, reference, client_ids):
         """(sum of the rows [u, 1, b], number of clients) with the server clipping
