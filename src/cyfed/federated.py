@@ -634,8 +634,11 @@ class FederatedTrainer:
             return {}
         X, y = test
         coef, b = self._split(theta, d, k)
-        value = gradients.loss_grad(self.loss, X, y, coef, b if self.fit_intercept else None)[0]
-        pred = gradients.predict(self.loss, X, coef, b if self.fit_intercept else None)
+        b = b if self.fit_intercept else None
+        # the trainer's threads: with one worker per rank, more would oversubscribe the cores
+        threads = self._run["threads"]
+        value = gradients.loss_grad(self.loss, X, y, coef, b, n_threads=threads)[0]
+        pred = gradients.predict(self.loss, X, coef, b, n_threads=threads)
         y = np.asarray(y, dtype=np.float64)
         if self.loss == "squared":
             score = 1 - np.sum((y - pred) ** 2) / np.sum((y - y.mean()) ** 2)
