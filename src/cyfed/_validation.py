@@ -59,6 +59,23 @@ def nonnegative_float(value, name):
     return value
 
 
+def positive_float(value, name):
+    """`value` as a float, or ValueError unless it is a finite real number > 0."""
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+            or not np.isfinite(value) or value <= 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def int_at_least(value, name, low, high=None):
+    """`value` as an int, or ValueError unless it is an integer in [low, high]."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low \
+            or (high is not None and value > high):
+        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{name} must be an int {bound}, got {value!r}")
+    return int(value)
+
+
 def n_threads(value, default):
     """None -> `default`; otherwise an int >= 1."""
     if value is None:

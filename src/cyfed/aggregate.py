@@ -71,19 +71,6 @@ def _finite_or_raise(result, U):
     return result
 
 
-def _int_at_least(value, name, low):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    return int(value)
-
-
-def _positive(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) \
-            or not np.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
-
-
 # -- means --------------------------------------------------------------------------------
 
 def _weighted_sum(U, w, n_threads, divisor=1.0, out=None):
@@ -211,7 +198,7 @@ def _pair_sq_dists(U, n_threads):
 
 
 def _check_byzantine(K, num_malicious, factor, name):
-    f = _int_at_least(num_malicious, "num_malicious", 0)
+    f = check.int_at_least(num_malicious, "num_malicious", 0)
     if K < factor * f + 3:
         raise ValueError(f"{name} needs n_clients >= {factor}*num_malicious + 3 = "
                          f"{factor * f + 3}, got {K} clients for num_malicious={f}")
@@ -250,7 +237,7 @@ def krum(updates, num_malicious, num_to_keep=1, weights=None, n_threads=None):
     """
     U = _updates(updates)
     K = U.shape[0]
-    m = _int_at_least(num_to_keep, "num_to_keep", 1)
+    m = check.int_at_least(num_to_keep, "num_to_keep", 1)
     if m > K:
         raise ValueError(f"num_to_keep must be <= the number of clients {K}, got {m}")
     w = np.ones(K) if weights is None else _weights(weights, K)
@@ -307,8 +294,8 @@ def geometric_median(updates, weights=None, eps=1e-6, maxiter=100, tol=1e-7, n_t
     """
     U = _updates(updates)
     w = np.ones(U.shape[0]) if weights is None else _weights(weights, U.shape[0])
-    eps = _positive(eps, "eps")
-    maxiter = _int_at_least(maxiter, "maxiter", 1)
+    eps = check.positive_float(eps, "eps")
+    maxiter = check.int_at_least(maxiter, "maxiter", 1)
     if not (np.isfinite(tol) and tol >= 0):
         raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
     nt = _threads(n_threads)
@@ -334,8 +321,8 @@ def centered_clipping(updates, tau, center=None, iterations=1, n_threads=None):
     """
     U = _updates(updates)
     K, d = U.shape
-    tau = _positive(tau, "tau")
-    iterations = _int_at_least(iterations, "iterations", 1)
+    tau = check.positive_float(tau, "tau")
+    iterations = check.int_at_least(iterations, "iterations", 1)
     v = np.zeros(d) if center is None else np.array(check.vector(center, "center", d,
                                                                   np.float64))
     if not np.all(np.isfinite(v)):
@@ -369,7 +356,7 @@ def row_norms(updates, n_threads=None):
 def clip_by_norm(updates, max_norm, n_threads=None):
     """Each row scaled by min(1, max_norm / ||row||): a (K, d) copy."""
     U = _updates(updates)
-    max_norm = _positive(max_norm, "max_norm")
+    max_norm = check.positive_float(max_norm, "max_norm")
     norms = row_norms(U, n_threads)
     scale = np.ones_like(norms)
     big = norms > max_norm

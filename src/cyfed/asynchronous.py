@@ -64,6 +64,7 @@ import warnings
 
 import numpy as np
 
+from cyfed import _validation as check
 from cyfed.comm import LocalComm
 from cyfed.data import shard_rows
 from cyfed.distributed import on_every_rank
@@ -84,12 +85,6 @@ def _real(value, name):
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     return float(value)
-
-
-def _positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    return int(value)
 
 
 def staleness_weight(kind, staleness, a=0.5, b=4):
@@ -224,7 +219,7 @@ class FedBuff(AsyncRule):
         self.reset(1)
 
     def check(self):
-        _positive_int(self.buffer_size, "buffer_size")
+        check.int_at_least(self.buffer_size, "buffer_size", 1)
         if _real(self.server_lr, "server_lr") <= 0:
             raise ValueError(f"server_lr must be > 0, got {self.server_lr!r}")
         _check_staleness(self.staleness, self.a, self.b)
@@ -339,9 +334,9 @@ class AsyncTrainer:
             raise TypeError(f"rule must be FedAsync, FedBuff or SyncFedAvg, got "
                             f"{type(self.rule).__name__}")
         self.rule.check()
-        _positive_int(self.updates, "updates")
-        _positive_int(self.concurrency, "concurrency")
-        _positive_int(self.eval_every, "eval_every")
+        check.int_at_least(self.updates, "updates", 1)
+        check.int_at_least(self.concurrency, "concurrency", 1)
+        check.int_at_least(self.eval_every, "eval_every", 1)
         if self.max_time is not None and not _real(self.max_time, "max_time") > 0:
             raise ValueError(f"max_time must be > 0 or None, got {self.max_time!r}")
         if _real(self.mu, "mu") < 0:

@@ -21,15 +21,9 @@ from statistics import NormalDist
 
 import numpy as np
 
+from cyfed import _validation as check
+
 LOSSES = ("squared", "logistic", "softmax")
-
-
-def _positive(value, name):
-    """`value` as a float, or ValueError unless it is a finite real number > 0."""
-    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
-            or not math.isfinite(value) or value <= 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
 
 
 class Attack:
@@ -106,7 +100,7 @@ class SignFlip(Attack):
 
     def __init__(self, clients, scale=1.0):
         super().__init__(clients)
-        self.scale = _positive(scale, "scale")
+        self.scale = check.positive_float(scale, "scale")
 
     def _forge(self, deltas, bad, rng):
         return -self.scale * deltas[bad]
@@ -122,7 +116,7 @@ class GaussianNoise(Attack):
 
     def __init__(self, clients, std=1.0):
         super().__init__(clients)
-        self.std = _positive(std, "std")
+        self.std = check.positive_float(std, "std")
 
     def _forge(self, deltas, bad, rng):
         return rng.normal(0.0, self.std, size=(int(bad.sum()), deltas.shape[1]))
@@ -135,7 +129,7 @@ class Scaling(Attack):
 
     def __init__(self, clients, factor=10.0):
         super().__init__(clients)
-        self.factor = _positive(factor, "factor")
+        self.factor = check.positive_float(factor, "factor")
 
     def _forge(self, deltas, bad, rng):
         return self.factor * deltas[bad]
@@ -215,7 +209,7 @@ class InnerProduct(Attack):
 
     def __init__(self, clients, epsilon=0.1):
         super().__init__(clients)
-        self.epsilon = _positive(epsilon, "epsilon")
+        self.epsilon = check.positive_float(epsilon, "epsilon")
 
     def _forge(self, deltas, bad, rng):
         honest = deltas[~bad]

@@ -84,21 +84,13 @@ def _raise_non_finite(x):
     raise ValueError("the norm of x overflows float64")
 
 
-def _int_at_least(value, name, low, high=None):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low \
-            or (high is not None and value > high):
-        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"{name} must be an int {bound}, got {value!r}")
-    return int(value)
-
-
 def _k_param(k):
     """An int k >= 1, or a fraction in (0, 1) of d."""
     if isinstance(k, (float, np.floating)):
         if not 0 < k < 1:
             raise ValueError(f"k must be an int >= 1 or a fraction in (0, 1), got {k!r}")
         return float(k)
-    return _int_at_least(k, "k", 1)
+    return check.int_at_least(k, "k", 1)
 
 
 def _k_for(k, d):
@@ -201,7 +193,7 @@ class Compressor:
 
     def max_payload_nbytes(self, d, dtype):
         """Bytes of the payload of a length-d vector of `dtype` (its exact size here)."""
-        d = _int_at_least(d, "d", 1, _MAX_D)
+        d = check.int_at_least(d, "d", 1, _MAX_D)
         return HEADER_NBYTES + self._body_nbytes(d, _float_dtype(dtype))
 
     def state_dict(self):
@@ -286,7 +278,7 @@ class QSGD(Compressor):
     codec = 3
 
     def __init__(self, levels, seed=0):
-        self.levels = _int_at_least(levels, "levels", 1, 127)
+        self.levels = check.int_at_least(levels, "levels", 1, 127)
         self.width = 1 + self.levels.bit_length()
         self._rng = np.random.default_rng(seed)
 
@@ -310,7 +302,7 @@ class QSGD(Compressor):
     @classmethod
     def decode(cls, payload):
         head = cls._header(payload)
-        levels = _int_at_least(head.param, "payload levels", 1, 127)
+        levels = check.int_at_least(head.param, "payload levels", 1, 127)
         width = 1 + levels.bit_length()
         out = np.empty(head.d, dtype=head.dtype)
         _kernels.qsgd_decode(head.body(width * -(-head.d // 8)), levels, width,
@@ -412,7 +404,7 @@ class RandK(Compressor):
     @classmethod
     def decode(cls, payload):
         head = cls._header(payload)
-        k = _int_at_least(head.param, "payload k", 1, head.d)
+        k = check.int_at_least(head.param, "payload k", 1, head.d)
         values = head.body(k * head.dtype.itemsize).view(head.dtype)
         idx = np.empty(k, dtype=np.uint32)
         _kernels.randk_indices(head.d, head.extra(_U64), idx)
@@ -469,7 +461,7 @@ class PowerSGD(Compressor):
     codec = 7
 
     def __init__(self, rank, shape=None, seed=0):
-        self.rank = _int_at_least(rank, "rank", 1)
+        self.rank = check.int_at_least(rank, "rank", 1)
         self.shape = None if shape is None else self._shape(shape)
         self._rng = np.random.default_rng(seed)
         self._q = {}
@@ -481,7 +473,7 @@ class PowerSGD(Compressor):
     def _shape(shape):
         if not (isinstance(shape, (tuple, list)) and len(shape) == 2):
             raise ValueError(f"shape must be a (rows, cols) pair, got {shape!r}")
-        return tuple(_int_at_least(s, "shape", 1) for s in shape)
+        return tuple(check.int_at_least(s, "shape", 1) for s in shape)
 
     def _matrix_shape(self, x, shape):
         if x.ndim == 2:

@@ -19,15 +19,10 @@ import math
 import numbers
 
 
+from cyfed import _validation as check
 from cyfed.accountant import RDPAccountant, epsilon, noise_multiplier_for
 
 __all__ = ["DPSGD", "ClientDP", "RDPAccountant", "epsilon", "noise_multiplier_for"]
-
-
-def _positive(value, name):
-    if not (isinstance(value, numbers.Real) and math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
 
 
 class _GaussianDP:
@@ -41,7 +36,7 @@ class _GaussianDP:
 
     def check(self):
         """Validate the options (ValueError naming the argument)."""
-        _positive(self.clip_norm, "clip_norm")
+        check.positive_float(self.clip_norm, "clip_norm")
         if (self.noise_multiplier is None) == (self.target_epsilon is None):
             raise ValueError("give exactly one of noise_multiplier and target_epsilon")
         if self.noise_multiplier is not None and not (
@@ -50,7 +45,7 @@ class _GaussianDP:
             raise ValueError(f"noise_multiplier must be a finite number >= 0, got "
                              f"{self.noise_multiplier!r}")
         if self.target_epsilon is not None:
-            _positive(self.target_epsilon, "target_epsilon")
+            check.positive_float(self.target_epsilon, "target_epsilon")
             if self.delta is None:
                 raise ValueError("target_epsilon needs delta")
         if self.delta is not None and not (isinstance(self.delta, numbers.Real)
@@ -169,7 +164,7 @@ class ClientDP(_GaussianDP):
         if not 0 < self.target_quantile < 1:
             raise ValueError(f"target_quantile must be in (0, 1), got "
                              f"{self.target_quantile!r}")
-        _positive(self.clip_lr, "clip_lr")
+        check.positive_float(self.clip_lr, "clip_lr")
         if self.count_noise is not None and not (isinstance(self.count_noise, numbers.Real)
                                                  and self.count_noise >= 0):
             raise ValueError(f"count_noise must be a number >= 0 or None, got "
