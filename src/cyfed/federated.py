@@ -34,7 +34,7 @@ from cyfed.distributed import agree_on_data, local_labels_max, on_every_rank
 from cyfed.privacy import ClientDP
 from cyfed.private_rounds import PrivateRounds
 from cyfed.secagg import SecAggError, SecureAggregation
-from cyfed.strategies import Strategy
+from cyfed.strategies import Strategy, warn_non_finite
 
 _sgd, _ = load("_sgd")
 
@@ -538,9 +538,7 @@ class FederatedTrainer:
         updates; a client whose update is NaN/Inf is named and left out here."""
         ok = aggregate.finite_rows(messages) if len(messages) else np.ones(0, dtype=bool)
         if not ok.all():
-            bad = [int(c) for c in info[~ok, 0]]
-            warnings.warn(f"client update(s) from client id(s) {bad} are NaN/Inf and are left "
-                          "out of this round's aggregate", RuntimeWarning, stacklevel=3)
+            warn_non_finite(info[~ok, 0])
             messages, info = messages[ok], info[ok]
         flat, lengths = uplink.encode(messages - self.strategy.message_reference(payload),
                                       info[:, 0].astype(np.int64), rnd)

@@ -21,12 +21,12 @@ denominator m) or sum / sum_k w_k -> `strategy.aggregate_mean` -> the next S
 (adaptive clipping).
 """
 import math
-import warnings
 
 import numpy as np
 
 from cyfed import accountant
 from cyfed._simd import load
+from cyfed.strategies import warn_non_finite
 
 _kernels, _ = load("_aggregate")
 _noise, _ = load("_noise")
@@ -161,9 +161,7 @@ class PrivateRounds:
         """Mask of the finite updates; the others are named in a warning and left out."""
         ok = ~np.isnan(scales)
         if not ok.all():
-            bad = [int(c) for c in np.asarray(client_ids)[~ok]]
-            warnings.warn(f"client update(s) from client id(s) {bad} are NaN/Inf and are "
-                          "left out of this round's aggregate", RuntimeWarning, stacklevel=3)
+            warn_non_finite(np.asarray(client_ids)[~ok])
         return ok
 
     def server_step(self, strategy, theta, total, count, n_clients, rnd):
