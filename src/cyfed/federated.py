@@ -223,7 +223,7 @@ class FederatedTrainer:
                              f"got {m!r}")
         return m
 
-    def _private_rounds(self, m, n_clients):
+    def _private_rounds(self, m, n_clients, threads):
         """The DP / secure-aggregation pipeline (None without either): the sampling
         rate q = m / N and the fixed denominator m (q N under Poisson sampling)."""
         if self.privacy is None and self.secure_aggregation is None:
@@ -231,8 +231,7 @@ class FederatedTrainer:
         if self.secure_aggregation is not None:
             self.secure_aggregation.check_clients(m)
         return PrivateRounds(self.privacy, self.secure_aggregation, self.seed, m / n_clients,
-                             float(m), self.rounds,
-                             check.n_threads(self.n_workers, gradients._kernels.max_threads()))
+                             float(m), self.rounds, threads)
 
     def _prepare(self, hosted):
         """Validate the hosted clients and concatenate their rows: (problem, offsets, ids)."""
@@ -381,7 +380,8 @@ class FederatedTrainer:
             comm, lambda: (self._settings(), self._hosted(clients, comm)))
         m = on_every_rank(comm, lambda: self._sample_size(n_clients))
         on_every_rank(comm, lambda: self.strategy.check_clients(m))
-        private = on_every_rank(comm, lambda: self._private_rounds(m, n_clients))
+        threads = check.n_threads(self.n_workers, gradients._kernels.max_threads())
+        private = on_every_rank(comm, lambda: self._private_rounds(m, n_clients, threads))
         problem, offsets, ids, top = on_every_rank(comm, lambda: self._prepare(hosted))
         problem, _, k = agree_on_data(comm, problem, top)
         self._poison_labels(problem, offsets, ids, k)
@@ -391,7 +391,7 @@ class FederatedTrainer:
             "offsets": offsets,
             "hosted_ids": np.array(ids, dtype=np.int64),
             "d": d, "k": k, "client_state": {}, "start": time.perf_counter(),
-            "threads": check.n_threads(self.n_workers, gradients._kernels.max_threads()),
+            "threads": threads,
             "epochs": settings["local_epochs"], "batch": settings["batch_size"],
             "max_steps": settings["max_local_steps"] or 0, "lr": settings["lr"],
             "sample_rate": m / n_clients, "private": private,
