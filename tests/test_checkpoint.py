@@ -158,7 +158,7 @@ def test_sigkill_then_resume_equals_the_uninterrupted_run(n_ranks, tmp_path):
 @pytest.mark.parametrize("params", [dict(momentum=0.9, batch_size=50, lr_schedule="cosine"),
                                     dict(tol=1e-4, lr=0.05)], ids=["momentum-batches", "tol"])
 def test_distributed_gd_resumes_bit_identical(params, tmp_path, monkeypatch):
-    from cyfed.distributed import DistributedGD
+    from cyfed.distributed import DistributedGD, batches
     rng = np.random.default_rng(0)
     X = rng.standard_normal((300, 5))
     y = X @ rng.standard_normal(5) + 0.1 * rng.standard_normal(300)
@@ -169,15 +169,15 @@ def test_distributed_gd_resumes_bit_identical(params, tmp_path, monkeypatch):
     class Interrupted(Exception):
         pass
 
-    real_batch = DistributedGD._local_batch
+    real_batch = batches.minibatch
 
-    def interrupted(self, t, *args):
+    def interrupted(seed, t, *args):
         if t == stop_at:
             raise Interrupted
-        return real_batch(self, t, *args)
+        return real_batch(seed, t, *args)
 
     with monkeypatch.context() as patch:
-        patch.setattr(DistributedGD, "_local_batch", interrupted)
+        patch.setattr(batches, "minibatch", interrupted)
         with pytest.raises(Interrupted):
             DistributedGD(max_iter=40, checkpoint=path, checkpoint_every=3, **params).fit(X, y)
     assert checkpoint.load(path)[1]["iteration"] == stop_at // 3 * 3

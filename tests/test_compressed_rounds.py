@@ -7,7 +7,7 @@ import pytest
 
 from cyfed import compress
 from cyfed.comm import LocalComm, get_comm
-from cyfed.compressed_rounds import WIRE_DTYPE
+from cyfed.compress.rounds import WIRE_DTYPE
 from cyfed.data import make_fedprox_synthetic
 from cyfed.federated import FederatedTrainer
 from cyfed.privacy import ClientDP

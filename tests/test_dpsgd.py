@@ -13,7 +13,7 @@ from scipy.special import expit, softmax
 from cyfed import accountant
 from cyfed.comm import LocalComm, get_comm
 from cyfed.data import shard_rows
-from cyfed.distributed import DistributedGD
+from cyfed.distributed import DistributedGD, batches
 from cyfed.gradients import clipped_grad_sum, loss_grad
 from cyfed.privacy import DPSGD
 from reference import interrupted_and_resumed
@@ -251,7 +251,7 @@ def test_poisson_batches_have_the_binomial_law():
     # every row is drawn at rate q: each count over the steps ~ Binomial(steps, q)
     counts = np.zeros(n)
     for t in range(steps):
-        rows, size = model._poisson_batch(t, q, n, 0, n)
+        rows, size = batches.poisson_batch(model.seed, t, q, n, 0, n)
         assert size == sizes[t] and np.all(np.diff(rows) > 0)
         counts[rows] += 1
     assert np.all(np.abs(counts - steps * q) <= 6 * np.sqrt(steps * q * (1 - q)))
@@ -261,10 +261,10 @@ def test_the_batch_does_not_depend_on_how_rows_are_split():
     model = DistributedGD(seed=11)
     n, q = 10007, 0.02
     for t in range(5):
-        whole, size = model._poisson_batch(t, q, n, 0, n)
+        whole, size = batches.poisson_batch(model.seed, t, q, n, 0, n)
         assert size == len(whole)
         for bounds in ([0, 3000, 3000, 10007], [0, 1, 5000, 9999, 10007]):
-            parts = [model._poisson_batch(t, q, n, lo, hi - lo)[0] + lo
+            parts = [batches.poisson_batch(model.seed, t, q, n, lo, hi - lo)[0] + lo
                      for lo, hi in zip(bounds[:-1], bounds[1:])]
             np.testing.assert_array_equal(np.concatenate(parts), whole)
 

@@ -239,8 +239,8 @@ def test_label_flip_poisons_only_malicious_clients(synthetic):
     train, _ = synthetic
     trainer = FederatedTrainer(FedAvg(), "softmax", rounds=1,
                                attack=attacks.LabelFlip([0, 2])).setup(train)
-    problem, offsets = trainer._run["problem"], trainer._run["offsets"]
-    k = trainer._run["k"]
+    problem, offsets = trainer._run.data, trainer._run.offsets
+    k = trainer._run.model.k
     for cid, (_, y) in enumerate(train):
         got = problem.y[offsets[cid]:offsets[cid + 1]]
         assert np.array_equal(got, (k - 1 - y) if cid in (0, 2) else y)

@@ -1,5 +1,6 @@
 """Argument checks shared by the public wrappers (run before any nogil code)."""
 import numbers
+import warnings
 
 import numpy as np
 
@@ -76,6 +77,44 @@ def int_at_least(value, name, low, high=None):
     return int(value)
 
 
+def optional_int_at_least(value, name, low):
+    """None, or `value` as an int >= low (ValueError otherwise)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise ValueError(f"{name} must be an int >= {low} or None, got {value!r}")
+    return int(value)
+
+
+def in_unit_interval(value, name):
+    """`value` as a float in [0, 1) (ValueError otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
+        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+    return float(value)
+
+
+class InvalidParameterError(ValueError, TypeError):
+    """A hyper-parameter of the wrong type or value (both a ValueError and a TypeError,
+    as scikit-learn's of the same name)."""
+
+
+def boolean(value, name):
+    """`value` as a bool: Python or numpy bools only (InvalidParameterError otherwise)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise InvalidParameterError(f"{name} must be a bool, got {value!r}")
+    return bool(value)
+
+
+def compressor(value, name):
+    """`value` unless it is neither None nor a cyfed.compress compressor (TypeError)."""
+    from cyfed import compress
+
+    if value is not None and not isinstance(value, compress.Compressor):
+        raise TypeError(f"{name} must be a cyfed.compress compressor (FP16(), TopK(k), ...) "
+                        f"or None, got {type(value).__name__}")
+    return value
+
+
 def n_threads(value, default):
     """None -> `default`; otherwise an int >= 1."""
     if value is None:
@@ -96,3 +135,10 @@ def row_indices(rows, n):
         raise ValueError(f"rows must be a non-empty 1-d array of indices into X's {n} rows, "
                          f"got shape {arr.shape}")
     return np.ascontiguousarray(arr, dtype=np.intp)
+
+
+def warn_non_finite(client_ids):
+    """Name the clients whose NaN/Inf updates are left out of the round's aggregate."""
+    bad = [int(c) for c in client_ids]
+    warnings.warn(f"client update(s) from client id(s) {bad} are NaN/Inf and are left out "
+                  "of this round's aggregate", RuntimeWarning, stacklevel=4)

@@ -65,9 +65,9 @@ import warnings
 import numpy as np
 
 from cyfed import _validation as check
-from cyfed.comm import LocalComm
+from cyfed.comm import get_comm
 from cyfed.data import shard_rows
-from cyfed.distributed import on_every_rank
+from cyfed.comm import on_every_rank
 from cyfed.federated import FederatedTrainer
 from cyfed.strategies import FedAvg, FedProx
 
@@ -417,7 +417,7 @@ class AsyncTrainer:
     def fit(self, clients, test=None):
         """Train on `clients` (a sequence of (X_k, y_k) for every id, or this rank's
         {id: (X_k, y_k)}); `test` = (X, y) is evaluated on rank 0."""
-        comm = self.comm if self.comm is not None else LocalComm()
+        comm = self.comm if self.comm is not None else get_comm()
         self._params = on_every_rank(comm, lambda: self._settings(comm))
         hosted = on_every_rank(comm, lambda: self._client_split(clients, comm))
         local = FedProx(self.mu) if self.mu > 0 else FedAvg()
@@ -427,10 +427,9 @@ class AsyncTrainer:
                                fit_intercept=self.fit_intercept, seed=self.seed,
                                n_workers=self.n_workers, comm=comm)
         fed.setup(hosted)
-        run = fed._run
-        n = run["n_clients"]
+        n = fed.n_clients
         on_every_rank(comm, lambda: self._check_clients(n))
-        owners = comm.allgather_obj([int(c) for c in run["hosted_ids"]])
+        owners = comm.allgather_obj([int(c) for c in fed.hosted_ids])
         self._host = np.empty(n, dtype=np.int64)
         for rank, ids in enumerate(owners):
             self._host[ids] = rank
@@ -451,9 +450,9 @@ class AsyncTrainer:
             self.client_updates_ = np.asarray(counts)
         if self.mode == "mpi":  # (simulated: every rank computed the same model)
             theta = comm.bcast(np.ascontiguousarray(theta, dtype=np.float64), root=0)
-        self.theta_ = theta
-        fed._store(theta, run["d"], run["k"])
-        self.coef_, self.intercept_ = fed.coef_, fed.intercept_
+        self.theta_, self.model_ = theta, fed.model_
+        if hasattr(fed, "coef_"):
+            self.coef_, self.intercept_ = fed.model_.split(theta)
         del self._fed, self._comm, self._test
         return self
 
@@ -495,8 +494,7 @@ class AsyncTrainer:
     def _evaluate(self, theta):
         if self._test is None or self._comm.rank != 0:
             return {}
-        run = self._fed._run
-        return self._fed._evaluate(theta, run["d"], run["k"], self._test)
+        return self._fed.evaluate(theta, self._test)
 
     def _finish_history(self, theta):
         if self.history_ and "test_loss" not in self.history_[-1]:
@@ -626,5 +624,4 @@ class AsyncTrainer:
         return theta
 
     def predict(self, X):
-        from cyfed import gradients
-        return gradients.predict(self.loss, X, self.coef_, self.intercept_)
+        return self.model_.predict(X, self.theta_)

@@ -16,6 +16,10 @@ Requests are opaque objects handed back to `wait` / `waitany`.
 by `test`) lets an algorithm overlap a reduction with computation.
 `CountingComm` wraps any communicator and counts the bytes of the buffers
 handed to it.
+
+SPMD collectives every algorithm uses live here too: `raise_if_any` and
+`on_every_rank` turn an error on one rank into the same exception on every
+rank (never a hang), `agree_on_data` checks that the ranks' shards fit together.
 """
 from collections import deque
 from typing import Protocol, runtime_checkable
@@ -450,3 +454,46 @@ def get_comm():
         if comm.size > 1:
             return comm
     return LocalComm()
+
+
+def raise_if_any(comm, error):
+    """Collective: if `error` is set on any rank, raise on every rank.
+
+    The failing rank re-raises its own exception; the others raise ValueError
+    naming the first failing rank and its message.  Every rank must call this
+    at the same point, so that no rank is left waiting in a collective.
+    """
+    messages = comm.allgather_obj(None if error is None else f"{error}")
+    if error is not None:
+        raise error
+    for rank, message in enumerate(messages):
+        if message is not None:
+            raise ValueError(f"rank {rank} rejected its input: {message}")
+
+
+def on_every_rank(comm, fn, errors=(ValueError, TypeError)):
+    """fn() on every rank; an exception of `errors` on any rank is raised on all of them."""
+    try:
+        return_value, error = fn(), None
+    except errors as exc:
+        return_value, error = None, exc
+    raise_if_any(comm, error)
+    return return_value
+
+
+def agree_on_data(comm, n_features, dtype, n_rows, top_label=-1):
+    """Collective: the ranks that hold rows must agree on (n_features, dtype).
+
+    Returns (n_features, dtype, row counts per rank, the largest label over the
+    ranks); `top_label` is this rank's largest class label (-1 when it has none
+    or the task has no classes).  A rank without rows takes the agreed values.
+    """
+    meta = comm.allgather_obj((n_features, str(dtype), int(n_rows), int(top_label)))
+    holders = [(r, m) for r, m in enumerate(meta) if m[2] > 0]
+    if not holders:
+        raise ValueError("no rank has any rows: the data are empty everywhere")
+    if len({m[0] for _, m in holders}) > 1 or len({m[1] for _, m in holders}) > 1:
+        raise ValueError("ranks disagree on the data: (n_features, dtype) per rank = "
+                         + ", ".join(f"rank {r}: ({m[0]}, {m[1]})" for r, m in holders))
+    n_features, dtype = holders[0][1][0], np.dtype(holders[0][1][1])
+    return n_features, dtype, [m[2] for m in meta], max(m[3] for m in meta)

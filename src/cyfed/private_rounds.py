@@ -26,7 +26,7 @@ import numpy as np
 
 from cyfed import accountant
 from cyfed._simd import load
-from cyfed.strategies import warn_non_finite
+from cyfed import _validation as check
 
 _kernels, _ = load("_aggregate")
 _noise, _ = load("_noise")
@@ -161,7 +161,7 @@ class PrivateRounds:
         """Mask of the finite updates; the others are named in a warning and left out."""
         ok = ~np.isnan(scales)
         if not ok.all():
-            warn_non_finite(np.asarray(client_ids)[~ok])
+            check.warn_non_finite(np.asarray(client_ids)[~ok])
         return ok
 
     def server_step(self, strategy, theta, total, count, n_clients, rnd):

@@ -58,7 +58,7 @@ from cyfed._secagg_ring import (MAX_BITS, MIN_BITS, MaskPRG, dequantize, neighbo
                                 quantization_step, quantize, ring_dtype)
 from cyfed._secagg_wire import SecAggError, _exchange, _exchange_masked, _merge, _per_rank
 from cyfed._shamir import ELEMENT_BYTES, PRIME, lagrange_at_zero, shamir_combine, shamir_split
-from cyfed.distributed import on_every_rank
+from cyfed.comm import on_every_rank
 
 __all__ = ["SecAggError", "SecureAggregation", "SecureSum", "quantize", "dequantize",
            "neighbour_graph", "quantization_step", "ring_dtype", "MaskPRG",

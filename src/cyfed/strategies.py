@@ -26,6 +26,7 @@ import warnings
 
 import numpy as np
 
+from cyfed import _validation as check
 from cyfed import aggregate
 
 
@@ -94,15 +95,8 @@ class Strategy:
         ok = aggregate.finite_rows(messages)
         if ok.all():
             return messages, n_samples, client_ids
-        warn_non_finite(np.asarray(client_ids)[~ok])
+        check.warn_non_finite(np.asarray(client_ids)[~ok])
         return messages[ok], n_samples[ok], np.asarray(client_ids)[ok]
-
-
-def warn_non_finite(client_ids):
-    """Name the clients whose NaN/Inf updates are left out of the round's aggregate."""
-    bad = [int(c) for c in client_ids]
-    warnings.warn(f"client update(s) from client id(s) {bad} are NaN/Inf and are left out "
-                  "of this round's aggregate", RuntimeWarning, stacklevel=4)
 
 
 def _check_mu(mu):

@@ -22,7 +22,7 @@ from cyfed import config as cfg
 from cyfed import io, model_file
 from cyfed.comm import get_comm
 from cyfed.data import shard_rows, split_devices
-from cyfed.distributed import on_every_rank
+from cyfed.comm import on_every_rank
 from cyfed.federated import write_history
 from cyfed.progress import ProgressBar, setup_logging
 

@@ -1,0 +1,118 @@
+"""What the SPMD loops of `DistributedGD` share: the local kernel pass, the update
+rule, history records, divergence and checkpoints.
+
+A loop is built by `DistributedGD.fit` with the trainer (its hyper-parameters,
+where results go) and the run (`GDRun`: communicator, bound model, data, ...)
+and runs `train(theta, velocity, prev_loss, steps)`, updating theta and the
+momentum velocity in place and returning the loss the next tol test compares.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+from cyfed.comm import raise_if_any
+from cyfed.training import Run
+
+
+class DivergenceError(FloatingPointError):
+    """Training produced a non-finite loss or gradient."""
+
+
+@dataclass
+class GDRun(Run):
+    """A `DistributedGD` fit: the shared run state, plus the schedule, this rank's
+    place in the global rows and the gradient codec (compression) if any."""
+    schedule: object = None
+    n_global: int = 0
+    offset: int = 0
+    codec: object = None
+
+
+class Loop:
+    """Base of the loops: see the module docstring."""
+
+    def __init__(self, gd, run):
+        self.gd, self.run = gd, run
+
+    def local_sums(self, theta, rows, buf, clip_norm=None):
+        """Kernel sums of this rank's rows into buf: (loss_sum, weight_sum, n_clipped,
+        error or None); an error (bad labels, weights) is returned, not raised, so that
+        every rank reaches the next collective."""
+        run = self.run
+        out = buf[:run.model.n_params]
+        if run.data.n == 0:
+            out[:] = 0
+            return 0.0, 0.0, 0, None
+        try:
+            return (*run.model.sums(run.data, theta, rows, out, run.threads, clip_norm), None)
+        except ValueError as exc:
+            out[:] = 0
+            return 0.0, 0.0, 0, exc
+
+    def step(self, grad, velocity, theta, lr_t):
+        """theta <- theta - lr_t step, step by the momentum rule (PyTorch's SGD):
+        v <- momentum v + g;  step = g + momentum v (Nesterov), v, or g without momentum.
+        The frozen parameters (an intercept not fitted) do not move."""
+        momentum = self.gd.momentum
+        if momentum:
+            velocity *= momentum
+            velocity += grad
+            step = grad + momentum * velocity if self.gd.nesterov else velocity
+        else:
+            step = grad
+        update = lr_t * step
+        update[self.run.model.frozen] = 0
+        theta -= update
+
+    def record(self, record, prev_loss):
+        """Append `record` stamped with the time and this rank's bytes, run the
+        callback; whether tol or gtol stops training."""
+        gd, run = self.gd, self.run
+        gd.history_.append(run.stamp(record))
+        if run.callback is not None:
+            run.callback(record)
+        loss = record["loss"]
+        return (gd.gtol is not None and record["grad_norm"] <= gd.gtol) or (
+            gd.tol is not None and prev_loss is not None
+            and abs(prev_loss - loss) <= gd.tol * max(abs(prev_loss), 1e-300))
+
+    def diverged(self, theta, t, loss, lr_t):
+        """Keep the last finite model, blame non-finite input if any rank has some, else
+        raise DivergenceError (collective)."""
+        run = self.run
+        self.gd._store(run.model, theta)
+        raise_if_any(run.comm, run.model.non_finite_input(run.data))
+        raise DivergenceError(
+            f"training diverged at iteration {t}: the loss or gradient is not finite "
+            f"(loss={loss}, lr={lr_t}); try a smaller learning rate. coef_/intercept_ hold "
+            "the last finite model.")
+
+    def save(self, theta, velocity, prev_loss, done):
+        """Checkpoint (collective when a codec holds per-rank state)."""
+        gd, run = self.gd, self.run
+        arrays = {"theta": theta, "velocity": velocity}
+        if run.codec is not None:           # every rank's residual and compressor state
+            states = run.comm.gather_obj(run.codec.state_dict())
+            if run.comm.rank == 0:
+                arrays["compression"] = {part: {key: value for state in states
+                                                for key, value in state[part].items()}
+                                         for part in states[0]}
+        if run.comm.rank != 0:
+            return
+        meta = {"iteration": gd.n_iter_, "done": done, "prev_loss": prev_loss,
+                "history": gd.history_}
+        if gd.privacy is not None:
+            gd._account()
+            meta["accountant"] = gd.accountant_.state_dict()
+        run.checkpoints.save(run.comm, arrays, meta)
+
+    def save_due(self, t_done, t_before=None):
+        """Whether a checkpoint is due after step t_done (local SGD: any multiple of
+        checkpoint_every passed since t_before); never at the end (fit saves that)."""
+        gd = self.gd
+        if self.run.checkpoints is None or t_done >= gd.max_iter:
+            return False
+        every = gd.checkpoint_every
+        if t_before is None:
+            return t_done % every == 0
+        return t_done // every > t_before // every

@@ -1,0 +1,102 @@
+"""Synchronous data-parallel GD: one Allreduce of the gradient sums per step.
+
+Step t: each rank sums its rows' weighted losses and gradients in one kernel
+pass into [grad sums (p), loss sum, weight sum, clipped count, error flag], one
+in-place Allreduce (or `GradientCompression`) adds the buffers over the ranks,
+and every rank applies the same update
+
+    g_t = (sum_r grad_sums_r) / (sum_r weight_sum_r) + l2 theta_t[:n_penalized]
+
+With DP-SGD the batch is a Poisson sample, each example's gradient is clipped
+to C in the kernel, one noise draw shared by every rank is added after the
+Allreduce and the denominator is the expected batch size q N (docs/distributed.md).
+"""
+import numpy as np
+
+from cyfed import accountant
+from cyfed.comm import raise_if_any
+from cyfed.distributed import batches
+from cyfed.distributed.loop import Loop
+
+
+class SynchronousGD(Loop):
+    """The loop for local_steps=1 without overlap."""
+
+    def __init__(self, gd, run):
+        super().__init__(gd, run)
+        dp = gd.privacy
+        self.epsilon_after = None
+        if dp is not None and dp.delta is not None:
+            self.epsilon_after = accountant.EpsilonCurve(gd.noise_multiplier_,
+                                                         float(dp.sample_rate), dp.delta)
+        comm = run.comm
+        self.sum_ranks = (run.codec if run.codec is not None
+                          else lambda buf, t: comm.allreduce_sum(buf))
+
+    def train(self, theta, velocity, prev_loss, steps):
+        buf = np.empty(self.run.model.n_params + 4)
+        for t in steps:
+            grad, loss, lr_t, record = self.gradient(theta, buf, t)
+            if self.record(record, prev_loss):
+                break
+            prev_loss = loss
+            self.step(grad, velocity, theta, lr_t)
+            self.gd.n_iter_ = t + 1
+            if self.save_due(t + 1):
+                self.save(theta, velocity, prev_loss, False)
+        return prev_loss
+
+    def batch(self, t):
+        """(this rank's rows of step t or None for all, the global batch size or None)."""
+        gd, run = self.gd, self.run
+        if gd.privacy is None:
+            return batches.minibatch(gd.seed, t, gd.batch_size, run.n_global, run.offset,
+                                     run.data.n), None
+        return batches.poisson_batch(gd.seed, t, float(gd.privacy.sample_rate), run.n_global,
+                                     run.offset, run.data.n)
+
+    def gradient(self, theta, buf, t):
+        """(g_t, the loss at theta_t, lr_t, the history record) of step t (collective)."""
+        gd, run = self.gd, self.run
+        p, pen = run.model.n_params, run.model.n_penalized
+        rows, batch_size = self.batch(t)
+        clip = None if gd.privacy is None else float(gd.privacy.clip_norm)
+        loss_sum, weight_sum, n_clipped, error = self.local_sums(theta, rows, buf, clip)
+        buf[p:] = loss_sum, weight_sum, n_clipped, 0.0 if error is None else 1.0
+        self.sum_ranks(buf, t)
+        if buf[-1] > 0:
+            raise_if_any(run.comm, error)
+        scale = self.denominator(buf, t)
+        with np.errstate(over="ignore", invalid="ignore"):   # divergence is checked below
+            grad = buf[:p] / scale
+            grad[:pen] += gd.l2 * theta[:pen]
+            loss = buf[p] / scale + 0.5 * gd.l2 * float(theta[:pen] @ theta[:pen])
+            grad_norm = float(np.linalg.norm(grad))
+        lr_t = run.schedule(gd.lr, t, gd.max_iter)
+        if not (np.isfinite(loss) and np.isfinite(grad_norm)):
+            self.diverged(theta, t, loss, lr_t)
+        record = {"iter": t, "loss": float(loss), "grad_norm": grad_norm, "lr": float(lr_t)}
+        if gd.privacy is not None:
+            record.update(self.privacy_record(buf[p + 2], batch_size, t))
+        return grad, loss, lr_t, record
+
+    def denominator(self, buf, t):
+        """The summed weights, or with DP-SGD the expected batch size q N (after adding
+        the step's noise to the gradient sums)."""
+        gd, run = self.gd, self.run
+        p = run.model.n_params
+        if gd.privacy is None:
+            if not buf[p + 1] > 0:
+                raise ValueError("sample_weight sums to 0 over the rows of iteration "
+                                 f"{t}: weights must have a positive sum")
+            return buf[p + 1]
+        std = gd.noise_multiplier_ * float(gd.privacy.clip_norm)
+        buf[:p] += batches.dp_noise(gd.seed, t, std, p, run.model.frozen)
+        return float(gd.privacy.sample_rate) * run.n_global
+
+    def privacy_record(self, n_clipped, batch_size, t):
+        record = {"batch_size": batch_size,
+                  "clipped_fraction": float(n_clipped / batch_size) if batch_size else 0.0}
+        if self.epsilon_after is not None:
+            record["epsilon"] = self.epsilon_after(t + 1)
+        return record
