@@ -544,42 +544,21 @@ class AsyncTrainer:
 
     def _serve(self, theta, n):
         """Rank 0: dispatch jobs, apply results in arrival order, then stop every worker."""
-        comm, host, p = self._comm, self._host, theta.size
-        size = comm.size
+        box = _ServerMailbox(self._comm, self._host, theta.size)
         state, idle, job = self._new_state(), list(range(n)), 0
-        recv_bufs = [np.empty(6 + p) for _ in range(size)]
-        recv_reqs = [None] * size           # one receive posted per worker with jobs out
-        outstanding = [0] * size
-        sends = {}                          # job -> (request, buffer) until it is received
         start_time = time.perf_counter()
 
         def dispatch():
             nonlocal job
-            cid = self._pick(idle, job)
-            w = int(host[cid])
-            buf = np.concatenate([[job, cid, state["version"]], theta])
-            sends[job] = (comm.isend(buf, w, _TAG_JOB), buf)
-            outstanding[w] += 1
-            if recv_reqs[w] is None:
-                recv_reqs[w] = comm.irecv(recv_bufs[w], w, _TAG_RESULT)
+            box.dispatch(job, self._pick(idle, job), state["version"], theta)
             job += 1
-
-        def take():
-            w, _, _ = comm.waitany(recv_reqs)
-            row = recv_bufs[w].copy()
-            recv_reqs[w] = None
-            outstanding[w] -= 1
-            if outstanding[w] > 0:
-                recv_reqs[w] = comm.irecv(recv_bufs[w], w, _TAG_RESULT)
-            comm.wait(sends.pop(int(row[0]))[0])
-            return row
 
         for _ in range(self.concurrency):
             dispatch()
         while state["version"] < self.updates:
             if self.max_time is not None and time.perf_counter() - start_time > self.max_time:
                 break
-            row = take()
+            row = box.take()
             cid, started = int(row[1]), int(row[2])
             theta, updated = self._arrive(theta, state, time.perf_counter() - start_time, cid,
                                           state["version"] - started, float(row[3]),
@@ -590,14 +569,7 @@ class AsyncTrainer:
             elif updated:
                 for _ in range(self.concurrency):
                     dispatch()
-        # Shutdown: a stop message queues behind each worker's pending jobs; their
-        # results are received and dropped, so no message is left unmatched.
-        stop = np.zeros(1)
-        stops = [comm.isend(stop, w, _TAG_STOP) for w in range(1, size)]
-        while any(outstanding):
-            take()
-        for req in stops:
-            comm.wait(req)
+        box.stop()
         self.time_ = time.perf_counter() - start_time
         self._finish_history(theta)
         return theta
@@ -625,3 +597,45 @@ class AsyncTrainer:
 
     def predict(self, X):
         return self.model_.predict(X, self.theta_)
+
+
+class _ServerMailbox:
+    """Rank 0's messages in mpi mode: jobs [job, client, version, x] out to the client's
+    rank, results in, one receive posted per worker with jobs outstanding, and every
+    send kept until its result is back."""
+
+    def __init__(self, comm, host, p):
+        self.comm, self.host = comm, host
+        self.recv_bufs = [np.empty(6 + p) for _ in range(comm.size)]
+        self.recv_reqs = [None] * comm.size
+        self.outstanding = [0] * comm.size
+        self.sends = {}                     # job -> (request, buffer)
+
+    def dispatch(self, job, cid, version, theta):
+        w = int(self.host[cid])
+        buf = np.concatenate([[job, cid, version], theta])
+        self.sends[job] = (self.comm.isend(buf, w, _TAG_JOB), buf)
+        self.outstanding[w] += 1
+        if self.recv_reqs[w] is None:
+            self.recv_reqs[w] = self.comm.irecv(self.recv_bufs[w], w, _TAG_RESULT)
+
+    def take(self):
+        """The next result to arrive: [job, client, version, n, loss, steps, message]."""
+        w, _, _ = self.comm.waitany(self.recv_reqs)
+        row = self.recv_bufs[w].copy()
+        self.recv_reqs[w] = None
+        self.outstanding[w] -= 1
+        if self.outstanding[w] > 0:
+            self.recv_reqs[w] = self.comm.irecv(self.recv_bufs[w], w, _TAG_RESULT)
+        self.comm.wait(self.sends.pop(int(row[0]))[0])
+        return row
+
+    def stop(self):
+        """A stop message queues behind each worker's pending jobs; their results are
+        received and dropped, so no message is left unmatched."""
+        stop = np.zeros(1)
+        stops = [self.comm.isend(stop, w, _TAG_STOP) for w in range(1, self.comm.size)]
+        while any(self.outstanding):
+            self.take()
+        for req in stops:
+            self.comm.wait(req)
