@@ -3,6 +3,8 @@ gather to the server (rank 0) and a scatter back, and an error anywhere reaches
 every rank as the same exception, so no rank is left waiting in a collective."""
 import numpy as np
 
+from cyfed.comm import on_rank
+
 
 class SecAggError(RuntimeError):
     """A secure-aggregation round was abandoned (too many dropouts, a protocol violation)."""
@@ -16,7 +18,7 @@ class _Abort:
         text = str(exc)
         if self.kind is SecAggError and not text.startswith("round abandoned"):
             text = f"round abandoned: {type(exc).__name__}: {text}"
-        self.message = f"{text} (on rank {rank})"
+        self.message = on_rank(rank, text)
 
     def error(self):
         return self.kind(self.message)

@@ -242,7 +242,7 @@ class MPIComm:
     def abort(self, message, code=1):
         import sys
 
-        sys.stderr.write(f"cyfed: rank {self.rank}: {message}\n")
+        sys.stderr.write(f"cyfed: {on_rank(self.rank, message)}\n")
         sys.stderr.flush()
         self.comm.Abort(code)
 
@@ -456,6 +456,11 @@ def get_comm():
     return LocalComm()
 
 
+def on_rank(rank, message):
+    """The one wording of an error that happened on one rank: 'rank R: message'."""
+    return f"rank {rank}: {message}"
+
+
 def raise_if_any(comm, error):
     """Collective: if `error` is set on any rank, raise on every rank.
 
@@ -468,7 +473,7 @@ def raise_if_any(comm, error):
         raise error
     for rank, message in enumerate(messages):
         if message is not None:
-            raise ValueError(f"rank {rank} rejected its input: {message}")
+            raise ValueError(on_rank(rank, message))
 
 
 def on_every_rank(comm, fn, errors=(ValueError, TypeError)):
