@@ -15,7 +15,7 @@ from cyfed import cli
 from cyfed.data import make_fedprox_synthetic, split_devices
 from cyfed.distributed import DistributedGD
 from cyfed.federated import FederatedTrainer, write_history
-from cyfed.plotting import load_history, plot_history
+from cyfed.cli.plotting import load_history, plot_history
 from cyfed.strategies import FedAvg, FedProx
 
 Figure = pytest.importorskip("matplotlib.figure").Figure

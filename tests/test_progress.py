@@ -4,8 +4,8 @@ import logging
 
 import pytest
 
-from cyfed import progress
-from cyfed.progress import ProgressBar, setup_logging
+from cyfed.cli import progress
+from cyfed.cli.progress import ProgressBar, setup_logging
 
 
 class CountingStream(io.StringIO):
@@ -24,7 +24,7 @@ class CountingStream(io.StringIO):
 
 
 class FakeTime:
-    """Stands in for the time module inside cyfed.progress: a clock set by hand."""
+    """Stands in for the time module inside cyfed.cli.progress: a clock set by hand."""
 
     def __init__(self):
         self.now = 1024.0

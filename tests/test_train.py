@@ -12,7 +12,7 @@ import pytest
 
 import cyfed
 import cyfed.compress
-from cyfed import config as cfg
+from cyfed.cli import config as cfg
 from cyfed import strategies
 from cyfed.model_file import load_model
 

@@ -450,3 +450,29 @@ def test_l2_bad_value(bad):
 def test_l2_bad_type(bad):
     with pytest.raises(TypeError, match=names("l2")):
         run({**args("squared"), "l2": bad})
+
+
+# -- one definition of R^2 (issue 13): constant targets never divide by zero ----------
+
+def test_r2_score_is_the_one_definition_for_constant_targets():
+    from cyfed.models import r2_score
+    assert r2_score(0.0, 0.0) == 1.0          # perfect prediction of a constant
+    assert r2_score(2.0, 0.0) == 0.0          # scikit-learn's convention, not -inf / nan
+    assert r2_score(1.0, 4.0) == 0.75
+
+
+def test_every_r2_agrees_on_constant_targets():
+    from cyfed.comm import LocalComm
+    from cyfed.distributed import DistributedGD
+    from cyfed.federated import FederatedTrainer
+    from cyfed.strategies import FedAvg
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((40, 3))
+    y = np.full(40, 2.0)
+    gd = DistributedGD(lr=0.1, max_iter=5, comm=LocalComm()).fit(X, y)
+    fed = FederatedTrainer(FedAvg(), rounds=1, comm=LocalComm()).fit(
+        [(X[:20], y[:20]), (X[20:], y[20:])], test=(X, y))
+    expected = 1.0 if np.allclose(gd.predict(X), 2.0, rtol=0, atol=0) else 0.0
+    assert gd.score(X, y) == expected
+    assert fed.history_[-1]["test_r2"] in (0.0, 1.0)
+    assert np.isfinite(fed.history_[-1]["test_r2"])

@@ -18,13 +18,13 @@ import sys
 from pathlib import Path
 
 import cyfed
-from cyfed import config as cfg
 from cyfed import io, model_file
 from cyfed.comm import get_comm
 from cyfed.data import shard_rows, split_devices
 from cyfed.comm import on_every_rank
 from cyfed.federated import write_history
-from cyfed.progress import ProgressBar, setup_logging
+from cyfed.cli import config as cfg
+from cyfed.cli.progress import ProgressBar, setup_logging
 
 log = logging.getLogger("cyfed.train")
 SIDE_FILES = {"config": ".config.json", "history": ".history.json",
@@ -34,7 +34,7 @@ SIDE_FILES = {"config": ".config.json", "history": ".history.json",
 def register(sub):
     p = sub.add_parser("train", help="federated or distributed training (flags, TOML config)",
                        description=__doc__.split("\n\n")[2].replace("\n", " "))
-    p.add_argument("--config", metavar="FILE", help="TOML file (layout: cyfed.config)")
+    p.add_argument("--config", metavar="FILE", help="TOML file (layout: cyfed.cli.config)")
     p.add_argument("--mode", choices=sorted(cfg.MODES), help="default: federated")
     p.add_argument("--loss", choices=("squared", "logistic", "softmax"),
                    help="default: squared")

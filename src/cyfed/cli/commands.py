@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from cyfed import gradients, io
-from cyfed.comm import get_comm
+from cyfed.comm import get_comm, on_rank
 from cyfed.model_file import load_model
+from cyfed.models import r2_score
 
 PREDICTION_SUFFIXES = (".csv", ".npy")
 
@@ -71,7 +72,7 @@ def _agree(comm, fn):
         return result
     rank, (message, status) = failed[0]
     if len(set(errors)) > 1:                  # not every rank saw it: say where
-        message = f"rank {rank}: {message}"
+        message = on_rank(rank, message)
     raise CommandError(message, status)
 
 
@@ -160,7 +161,7 @@ def _metrics(loss, totals, y, comm):
         return {**metrics, "loss": loss_sum / n, "accuracy": third / n}
     centred = y.astype(np.float64) - third / n
     total = comm.allreduce_sum(np.array([centred @ centred]))[0]
-    return {**metrics, "mse": loss_sum / n, "r2": 1 - loss_sum / total if total > 0 else None}
+    return {**metrics, "mse": loss_sum / n, "r2": r2_score(loss_sum, total)}
 
 
 def _metrics_line(metrics):

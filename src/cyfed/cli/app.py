@@ -7,9 +7,9 @@ demo   the main job: the seed example, a kernel speed table beside numpy, a
        Synthetic(1,1), DP-FedAvg with secure aggregation and a compressed uplink
        (all but the speed table over MPI ranks under mpiexec).
 info   the build and runtime configuration (SIMD level, OpenMP, MPI).
-train  a federated or distributed run from a TOML config (cyfed.train_command).
+train  a federated or distributed run from a TOML config (cyfed.cli.train).
 plot   training histories (JSON/CSV from write_history) drawn into one image.
-partition  one data file split into per-client files (cyfed.commands: these three).
+partition  one data file split into per-client files (cyfed.cli.commands: these three).
 evaluate   a model file's loss and accuracy, or MSE and R², on a data file (MPI ranks).
 predict    a model file's predictions for a data file, written as .csv or .npy.
 Usage errors exit with status 2.
@@ -23,12 +23,14 @@ from pathlib import Path
 import numpy as np
 
 import cyfed
-from cyfed import commands, io, train_command
+from cyfed import io
+from cyfed.cli import commands
+from cyfed.cli import train as train_command
+from cyfed.cli.plotting import load_history, plot_history
 from cyfed.comm import get_comm, launched_by_mpi
 from cyfed.data import make_fedprox_synthetic, split_devices
 from cyfed.distributed import DistributedGD
 from cyfed.federated import FederatedTrainer
-from cyfed.plotting import load_history, plot_history
 from cyfed.compress import TopK
 from cyfed.privacy import ClientDP
 from cyfed.secagg import SecureAggregation
