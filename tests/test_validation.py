@@ -476,3 +476,32 @@ def test_every_r2_agrees_on_constant_targets():
     assert gd.score(X, y) == expected
     assert fed.history_[-1]["test_r2"] in (0.0, 1.0)
     assert np.isfinite(fed.history_[-1]["test_r2"])
+
+
+# -- one set of argument checks (issue 13): numpy integers in, bools out -------------
+
+def test_trainers_accept_numpy_integers_and_refuse_bools():
+    from cyfed.asynchronous import AsyncTrainer, FedAsync
+    from cyfed.comm import LocalComm
+    from cyfed.distributed import DistributedGD
+    from cyfed.federated import FederatedTrainer
+    from cyfed.strategies import FedAvg
+    rng = np.random.default_rng(1)
+    X, y = rng.standard_normal((60, 3)), rng.standard_normal(60)
+    clients = [(X[i::6], y[i::6]) for i in range(6)]
+    fed = FederatedTrainer(FedAvg(), rounds=np.int64(2), clients_per_round=np.int32(3),
+                           local_epochs=np.int64(2), batch_size=np.int16(5),
+                           comm=LocalComm()).fit(clients)
+    assert len(fed.history_) == 2 and all(r["clients"] == 3 for r in fed.history_)
+    gd = DistributedGD(max_iter=np.int64(4), batch_size=np.int64(10), comm=LocalComm()).fit(X, y)
+    assert gd.n_iter_ == 4
+    asy = AsyncTrainer(FedAsync(), updates=np.int64(3), concurrency=np.int64(2),
+                       comm=LocalComm()).fit(clients)
+    assert len(asy.history_) == 3
+    for kwargs in (dict(rounds=True), dict(local_epochs=True), dict(batch_size=True),
+                   dict(clients_per_round=True)):
+        with pytest.raises(ValueError, match=next(iter(kwargs))):
+            FederatedTrainer(FedAvg(), comm=LocalComm(), **kwargs).fit(clients)
+    for kwargs in (dict(max_iter=True), dict(batch_size=True), dict(local_steps=True)):
+        with pytest.raises(ValueError, match=next(iter(kwargs))):
+            DistributedGD(comm=LocalComm(), **kwargs).fit(X, y)

@@ -81,12 +81,6 @@ _SPEED, _DURATION, _PICK = 0x5EED0001, 0x5EED0002, 0x5EED0003
 _TAG_JOB, _TAG_STOP, _TAG_RESULT = 11, 12, 13
 
 
-def _real(value, name):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
-
-
 def staleness_weight(kind, staleness, a=0.5, b=4):
     """The staleness function s(t - tau) of FedAsync (Xie et al. 2019, section 5.2).
 
@@ -120,9 +114,9 @@ def staleness_weight(kind, staleness, a=0.5, b=4):
 def _check_staleness(kind, a, b):
     if kind not in STALENESS:
         raise ValueError(f"staleness must be one of {STALENESS}, got {kind!r}")
-    if _real(a, "a") < 0:
+    if check.finite_real(a, "a") < 0:
         raise ValueError(f"a must be >= 0, got {a!r}")
-    if _real(b, "b") < 0:
+    if check.finite_real(b, "b") < 0:
         raise ValueError(f"b must be >= 0, got {b!r}")
 
 
@@ -220,7 +214,7 @@ class FedBuff(AsyncRule):
 
     def check(self):
         check.int_at_least(self.buffer_size, "buffer_size", 1)
-        if _real(self.server_lr, "server_lr") <= 0:
+        if check.finite_real(self.server_lr, "server_lr") <= 0:
             raise ValueError(f"server_lr must be > 0, got {self.server_lr!r}")
         _check_staleness(self.staleness, self.a, self.b)
 
@@ -337,11 +331,11 @@ class AsyncTrainer:
         check.int_at_least(self.updates, "updates", 1)
         check.int_at_least(self.concurrency, "concurrency", 1)
         check.int_at_least(self.eval_every, "eval_every", 1)
-        if self.max_time is not None and not _real(self.max_time, "max_time") > 0:
+        if self.max_time is not None and not check.finite_real(self.max_time, "max_time") > 0:
             raise ValueError(f"max_time must be > 0 or None, got {self.max_time!r}")
-        if _real(self.mu, "mu") < 0:
+        if check.finite_real(self.mu, "mu") < 0:
             raise ValueError(f"mu must be >= 0, got {self.mu!r}")
-        if _real(self.wall_delay, "wall_delay") < 0:
+        if check.finite_real(self.wall_delay, "wall_delay") < 0:
             raise ValueError(f"wall_delay must be >= 0, got {self.wall_delay!r}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")

@@ -54,6 +54,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from cyfed import _validation as check
 from cyfed._secagg_ring import (MAX_BITS, MIN_BITS, MaskPRG, dequantize, neighbour_graph,
                                 quantization_step, quantize, ring_dtype)
 from cyfed._secagg_wire import SecAggError, _exchange, _exchange_masked, _merge, _per_rank
@@ -373,13 +374,13 @@ class SecureAggregation:
         if not (isinstance(clip_range, numbers.Real) and math.isfinite(clip_range)
                 and clip_range > 0):
             raise ValueError(f"clip_range must be a finite number > 0, got {clip_range!r}")
-        if not _is_int(bits) or not MIN_BITS <= bits <= MAX_BITS:
+        if not check.is_int(bits) or not MIN_BITS <= bits <= MAX_BITS:
             raise ValueError(f"bits must be an integer in [{MIN_BITS}, {MAX_BITS}], got {bits!r}")
-        if not (neighbours is None or neighbours == "log" or (_is_int(neighbours)
+        if not (neighbours is None or neighbours == "log" or (check.is_int(neighbours)
                                                               and neighbours >= 1)):
             raise ValueError(f"neighbours must be None, an integer >= 1 or 'log', "
                              f"got {neighbours!r}")
-        if not (threshold is None or (_is_int(threshold) and threshold >= 2)
+        if not (threshold is None or (check.is_int(threshold) and threshold >= 2)
                 or (isinstance(threshold, float) and 0 < threshold <= 1)):
             raise ValueError(f"threshold must be None, an integer >= 2 or a float in (0, 1], "
                              f"got {threshold!r}")
@@ -412,7 +413,7 @@ class SecureAggregation:
 
     def check_clients(self, m):
         """ValueError if m sampled clients cannot run the protocol with these parameters."""
-        if not _is_int(m) or m < 2:
+        if not check.is_int(m) or m < 2:
             raise ValueError(f"secure aggregation needs at least 2 sampled clients, got {m!r}")
         if ((1 << self.bits) - 1) // m < 1:
             raise ValueError(f"bits={self.bits}: the ring Z_2^{self.bits} cannot hold a sum "
@@ -514,13 +515,13 @@ class SecureAggregation:
 
     # -- helpers of secure_sum ---------------------------------------------------------
     def _check_call(self, seed, sampled, hosted, vectors, d):
-        seed = (seed,) if _is_int(seed) else tuple(seed)
-        if not seed or not all(_is_int(s) and s >= 0 for s in seed):
+        seed = (seed,) if check.is_int(seed) else tuple(seed)
+        if not seed or not all(check.is_int(s) and s >= 0 for s in seed):
             raise ValueError(f"seed must be an int or a tuple of ints >= 0, got {seed!r}")
         sampled = _id_array(sampled, "sampled")
         hosted = _id_array(hosted, "hosted")
         self.check_clients(len(sampled))
-        if not _is_int(d) or d < 1:
+        if not check.is_int(d) or d < 1:
             raise ValueError(f"d must be an integer >= 1, got {d!r}")
         if not isinstance(vectors, dict):
             raise TypeError(f"vectors must be a dict {{client_id: vector}}, "
@@ -556,8 +557,6 @@ class SecureAggregation:
         return np.random.default_rng((*seed, u, _DROP_STREAM)).random() < self.drop_after_masking
 
 
-def _is_int(x):
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
 def _id_array(ids, name):

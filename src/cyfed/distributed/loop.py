@@ -8,15 +8,12 @@ momentum velocity in place and returning the loss the next tol test compares.
 """
 from dataclasses import dataclass
 
-import numpy as np
-
 from cyfed.comm import raise_if_any
 from cyfed.training import Run
 
 
 class DivergenceError(FloatingPointError):
     """Training produced a non-finite loss or gradient."""
-
 
 @dataclass
 class GDRun(Run):
@@ -26,7 +23,6 @@ class GDRun(Run):
     n_global: int = 0
     offset: int = 0
     codec: object = None
-
 
 class Loop:
     """Base of the loops: see the module docstring."""

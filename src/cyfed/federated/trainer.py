@@ -199,8 +199,8 @@ class FederatedTrainer:
             m = max(math.ceil(self.fraction * n), self.min_clients)
         else:
             m = n
-        return check.int_at_least(m, f"clients per round (at most {n}, the number of "
-                                     "clients)", 1, n)
+        return check.int_at_least(m, f"clients per round (clients_per_round, or fraction "
+                                     f"of N = {n})", 1, n)
 
     # -- set-up -----------------------------------------------------------------
 
