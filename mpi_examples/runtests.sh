@@ -22,6 +22,13 @@ three=$(run 3 "$here/federated_private.py" --rounds 4 --every 2 | tail -1)
 echo "$three"
 grep -q "^final: (.*, 1e-5)-DP test accuracy" <<<"$three"
 test "$one" = "$three"
+# a numpy MLP (CallableModel) with client DP + secure aggregation: the same parameters
+# (SHA-256 of theta_) for 1 and 3 ranks
+one=$(run 1 "$here/federated_custom_model.py" | tail -1)
+three=$(run 3 "$here/federated_custom_model.py" | tail -1)
+echo "$three"
+grep -Eq "^final: test accuracy 0\.[6-9][0-9]*, .*theta sha256 [0-9a-f]{64}$" <<<"$three"
+test "$one" = "$three"
 runs=$(mktemp -d)
 timeout 120 mpiexec -n 2 python -m cyfed train --config "$here/train_fedprox.toml" --quiet \
   -o "$runs/fedprox.npz" --set trainer.rounds=3

@@ -387,15 +387,20 @@ class CallableModel(Model):
         return check.finite(theta, "init")
 
     def _value_grad(self, theta, X, y, w):
-        if w is None:
-            value, grad = self.loss_grad(theta, X, y)
-        else:
-            value, grad = self.loss_grad(theta, X, y, sample_weight=w)
-        grad = np.asarray(grad, dtype=np.float64).ravel()
-        if grad.shape != (self.n_params,):
-            raise ValueError(f"loss_grad returned a gradient of shape {grad.shape}, "
+        """(mean loss, a fresh float64 copy of the gradient): training updates it in place."""
+        out = self.loss_grad(theta, X, y) if w is None else self.loss_grad(theta, X, y,
+                                                                            sample_weight=w)
+        if not (isinstance(out, tuple) and len(out) == 2):
+            raise ValueError(f"loss_grad must return a pair (mean loss, gradient), got "
+                             f"{type(out).__name__}")
+        value, grad = out
+        if np.ndim(value) != 0:
+            raise ValueError(f"loss_grad must return the mean loss as a scalar, got shape "
+                             f"{np.shape(value)}")
+        if np.size(grad) != self.n_params:
+            raise ValueError(f"loss_grad returned a gradient of shape {np.shape(grad)}, "
                              f"expected ({self.n_params},)")
-        return float(value), grad
+        return float(value), np.array(grad, dtype=np.float64).reshape(self.n_params)
 
     def sums(self, data, theta, rows, out, n_threads, clip_norm=None):
         out = out[:self.n_params]
