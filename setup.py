@@ -33,7 +33,8 @@ HOT_MODULES = ["_losses", "_sgd", "_aggregate", "_compress", "_noise"]
 # Modules built once, for the baseline ISA.
 PLAIN_MODULES = ["_cpu"]
 # C headers the kernels include (a change to one rebuilds them).
-HEADERS = [os.path.join(SRC, h) for h in ("_vector_math.h", "_vector_ops.h", "_vector_math.pxd")]
+HEADERS = [os.path.join(SRC, h) for h in ("_vector_math.h", "_loss_ops.h", "_aggregate_ops.h",
+                                         "_vector_math.pxd")]
 # Name suffix -> alternative flag sets (the first one the compiler accepts wins).
 SIMD_LEVELS = {
     "_x86_64_v3": [["-march=x86-64-v3"],
@@ -139,7 +140,7 @@ class BuildExt(build_ext):
 
     def record_flags(self, extensions):
         """Write the compiler and each module's flags next to the modules, for
-        `cyfed info` (cyfed._config.show_config)."""
+        `cyfed info` (cyfed._build_info.show_config)."""
         compiler = getattr(self.compiler, "compiler_so", [self.compiler.compiler_type])
         flags = {ext.name.rsplit(".", 1)[-1]: ext.extra_compile_args for ext in extensions}
         self.flags_file = Path(self.get_ext_fullpath(extensions[0].name)).parent \

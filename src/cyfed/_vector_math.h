@@ -217,17 +217,31 @@ static inline void cyfed_prefetch_l2(const void *p, Py_ssize_t nbytes)
 #endif
 }
 
-/* Type-generic loops: instantiated for double and float. */
+/*
+ * Type-generic loops, instantiated for double and float: _loss_ops.h (the loss
+ * and SGD kernels' primitives) and _aggregate_ops.h (the aggregation kernels').
+ * In both, a function `name` becomes cyfed_name_d / cyfed_name_f.
+ */
+#define CYFED_CAT2(a, b) a##_##b
+#define CYFED_CAT(a, b) CYFED_CAT2(a, b)
+#define CYFED_FN(name) CYFED_CAT(cyfed_##name, CYFED_S)
+
 #define CYFED_T double
 #define CYFED_S d
-#include "_vector_ops.h"
+#include "_loss_ops.h"
+#include "_aggregate_ops.h"
 #undef CYFED_T
 #undef CYFED_S
 
 #define CYFED_T float
 #define CYFED_S f
-#include "_vector_ops.h"
+#include "_loss_ops.h"
+#include "_aggregate_ops.h"
 #undef CYFED_T
 #undef CYFED_S
+
+#undef CYFED_FN
+#undef CYFED_CAT
+#undef CYFED_CAT2
 
 #endif

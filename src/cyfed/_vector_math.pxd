@@ -1,7 +1,9 @@
 """Declarations of the C primitives in _vector_math.h and float/double dispatchers.
 
-cimported by the kernel modules (_losses, _sgd); each dispatcher picks the
-_d or _f C function for the fused `floating` type at compile time.
+_vector_math.h instantiates the type-generic _loss_ops.h (for _losses, _sgd) and
+_aggregate_ops.h (for _aggregate, _compress), so everything is declared from it.
+cimported by the kernel modules; each dispatcher picks the _d or _f C function
+for the fused `floating` type at compile time.
 """
 from cython cimport floating
 
