@@ -264,6 +264,23 @@ def test_error_feedback_preserves_sum(dtype, make):
     assert ef.residual(4) is None
 
 
+@pytest.mark.parametrize("make", [lambda: C.TopK(3), lambda: C.QSGD(7),
+                                  lambda: C.PowerSGD(1, shape=(4, 5))])
+def test_error_feedback_is_used_like_its_compressor(make):
+    """The compressors' calls, positional rng included; the first payload is C's own."""
+    x = vec(20, np.float64)
+    comp, ef = make(), C.ErrorFeedback(make())
+    for codec in (comp, ef):
+        assert codec.max_payload_nbytes((4, 5) if isinstance(comp, C.PowerSGD) else 20,
+                                        np.float64) == len(codec.encode(x, 7, key=1))
+    first = C.ErrorFeedback(make()).encode(x, 5, key=2)
+    np.testing.assert_array_equal(first, make().encode(x, 5, key=2))
+    np.testing.assert_array_equal(ef.decode(first), C.decode(first))
+    assert ef.payload_nbytes(first) == len(first)
+    ef.encode(x)                                                # key=None is a key too
+    assert ef.residual(None) is not None and ef.state_dict().keys() == {"1", "None"}
+
+
 def test_error_feedback_keys_and_state():
     ef = C.ErrorFeedback(C.TopK(1))
     ef.encode(np.array([1.0, 2.0]), key=0)
@@ -303,6 +320,10 @@ def test_decode_rejects_wrong_codec_and_bad_index():
     payload = C.TopK(1).encode(np.array([0.0, 2.0]))
     payload[-4:] = np.frombuffer(np.uint32(9).tobytes(), np.uint8)
     with pytest.raises(ValueError, match="index"):
+        C.decode(payload)
+    payload = C.FP16().encode(np.ones(3))
+    payload[0] = 0                                              # no compressor's codec id
+    with pytest.raises(ValueError, match="unknown codec id 0"):
         C.decode(payload)
 
 

@@ -1,25 +1,11 @@
 """Federated strategies: how a round is configured and how client results are combined.
 
-A strategy sees flat parameter vectors theta = [coef (row-major), intercept].
-Server side: `server_payload(theta)` is what the round broadcasts and
-`aggregate(...)` turns the clients' messages into the next theta.  Client side
-(on the rank that hosts the clients, for all of a round's clients at once):
-`client_corrections` (added to every local gradient) and `client_messages`
-(what the clients send back).  The arithmetic lives in `cyfed.aggregate`.
-
-Families:
-
-* model averaging: FedAvg, FedSGD, FedProx, Scaffold;
-* robust aggregation of the clients' models (Flower's FedMedian, FedTrimmedAvg,
-  Krum/MultiKrum, Bulyan, plus GeometricMedian (RFA) and CenteredClipping); each
-  takes `mu` to train its clients with FedProx's proximal term;
-* server optimizers (Reddi et al. 2021, arXiv:2003.00295; Flower's defaults):
-  FedAvgM, FedAdagrad, FedAdam, FedYogi, each a step on Delta = aggregate - theta
-  where the aggregate comes from any other strategy (`aggregator=`, default FedAvg),
-  e.g. FedAdam over FedTrimmedAvg, or over FedProx or Scaffold clients.
-
-Server state (SCAFFOLD's c, momentum, Adam moments, the step count) is read and
-restored with `state_dict()` / `load_state_dict()`.
+A strategy sees flat float64 parameter vectors theta (a linear model's
+[coef (row-major), intercept]).  `Strategy` is the contract between a strategy
+and `cyfed.federated.FederatedTrainer`: which hook runs when in a round, on
+which rank, with which shapes -- docs/strategies.md has it in prose, with a
+table of the strategies, their hyper-parameters and references.  The arithmetic
+lives in `cyfed.aggregate`.
 """
 import math
 import warnings
@@ -31,64 +17,270 @@ from cyfed import aggregate
 
 
 class Strategy:
-    """Base: clients send their local model; subclasses set the local rule and aggregation."""
+    """Base class of the federated strategies: the local rule and the server step.
 
-    #: FedProx proximal coefficient used in local training.
+    `cyfed.federated.FederatedTrainer` calls the hooks below, each on the
+    ranks its docstring names (p = n_params, w = message_width(p), m the
+    reporting sampled clients a rank hosts, K all reporting clients);
+    docs/strategies.md walks through a round in order.
+
+    Invariants (they make a run bit-identical for any number of ranks and worker
+    threads):
+
+    * Every hook is a deterministic function of its arguments and the server
+      state; nothing may depend on the rank, on the number of ranks, or on
+      which other clients a rank hosts: row i of a client hook's result depends
+      only on client_ids[i], its state and the payload.
+    * The client hooks read server state from the payload only: the server
+      state is updated by `aggregate` / `aggregate_mean` on rank 0 and is
+      stale on the other ranks.
+    * Client ids arrive in increasing order, on the client side and in
+      `aggregate`; aggregation adds in that order.
+    * Randomness, if any, is drawn from generators seeded by (seed, round,
+      client id), never from global state.
+
+    Attributes
+    ----------
+    mu : float >= 0
+        FedProx's proximal coefficient: local training minimises
+        F_k(w) + mu/2 ||w - w_t||^2 (read every round by every rank's local
+        training).
+    keeps_stragglers : bool
+        True: a straggler (``straggler_fraction``) reports after 1..E-1 of its
+        E epochs; False: it does not report this round (read by the sampling
+        stage, on every rank).
+    aggregates_means : bool
+        Whether the server step needs only the mean of the clients' updates
+        (`aggregate_mean`), so that the strategy composes with client-level DP
+        and secure aggregation, which show the server nothing else (checked at
+        set-up).
+    _state_attrs : tuple of str
+        Attributes that hold server state, not hyper-parameters (left out of
+        `hyper_parameters`).
+    """
+
     mu = 0.0
-    #: Whether clients that finish only part of their epochs still contribute.
     keeps_stragglers = False
+    aggregates_means = False
+    _state_attrs = ()
 
     def local_settings(self, trainer):
-        """Overrides of the trainer's local training for this strategy (dict)."""
+        """Overrides of the trainer's local training (set-up, every rank).
+
+        Parameters
+        ----------
+        trainer : cyfed.federated.FederatedTrainer
+            Its hyper-parameters as given (read-only).
+
+        Returns
+        -------
+        dict
+            A subset of {"local_epochs", "batch_size", "max_local_steps", "lr"}
+            replacing the trainer's values; validated afterwards like them.
+        """
         return {}
 
     def check_clients(self, m):
-        """Raise ValueError if rounds of m clients cannot be aggregated (before round 0)."""
+        """Refuse rounds the strategy cannot aggregate (set-up, every rank).
+
+        Parameters
+        ----------
+        m : int >= 1
+            Clients sampled per round (the expected count under Poisson sampling).
+
+        Raises
+        ------
+        ValueError
+            Naming the bound m violates (robust rules need m >= 2f + 3, ...).
+        """
 
     def server_payload(self, theta):
+        """What rank 0 broadcasts at the start of a round.
+
+        Called on every rank: rank 0's result is broadcast, the other ranks'
+        only sizes the receive buffer (its length must not depend on the rank).
+
+        Parameters
+        ----------
+        theta : (p,) float64
+            The global model.
+
+        Returns
+        -------
+        payload : (q,) float64, q >= p
+            The model first (clients train from payload[:p]), then any server
+            state the clients need (SCAFFOLD's c: q = 2p).  With downlink
+            compression the clients receive an approximation of it.
+        """
         return theta
 
     def message_width(self, n_params):
-        """Length of one client's message for a model of n_params parameters."""
+        """Length w of one client's message (any rank, any time).
+
+        Parameters
+        ----------
+        n_params : int
+            p, the model's parameter count.
+
+        Returns
+        -------
+        int
+            w (p when clients send their local model; 2p for SCAFFOLD).
+        """
         return n_params
 
     def client_corrections(self, payload, client_ids, client_state):
-        """(m, n_params) terms added to every local gradient of these clients, or None."""
+        """Terms added to every local gradient of these clients.
+
+        Runs once a round on each rank, for the reporting sampled clients it hosts.
+
+        Parameters
+        ----------
+        payload : (q,) float64
+            The round's payload, as the clients received it.
+        client_ids : (m,) int64
+            Increasing client ids.
+        client_state : dict {int: ndarray}
+            This rank's per-client state (kept across rounds, checkpointed);
+            read-only here.
+
+        Returns
+        -------
+        (m, p) array or None
+            Row i is added to each local gradient of client_ids[i] (cast to the
+            data's dtype); None adds nothing.
+        """
         return None
 
     def client_messages(self, payload, local_thetas, steps, lr, client_ids, client_state):
-        """(m, message_width) rows sent to the server by the clients client_ids."""
+        """What the clients send back after local training.
+
+        Runs once a round on each rank, for the reporting sampled clients it hosts.
+
+        Parameters
+        ----------
+        payload : (q,) float64
+            The round's payload, as the clients received it.
+        local_thetas : (m, p) float64
+            The clients' local models (a buffer reused next round: copy what
+            must outlive the call).
+        steps : (m,) intp
+            Local SGD steps each client took (0 for none).
+        lr : float
+            The local learning rate (after `local_settings`).
+        client_ids : (m,) int64
+            Increasing client ids.
+        client_state : dict {int: ndarray}
+            This rank's per-client state; a strategy may set the entries of
+            these clients (SCAFFOLD's c_k).
+
+        Returns
+        -------
+        (m, w) float64 array
+            Row i is client_ids[i]'s message.
+        """
         return local_thetas
 
-    def aggregate(self, theta, messages, n_samples, client_ids, n_clients):
-        raise NotImplementedError
-
-    #: Whether the server step needs only the mean of the clients' updates, so that
-    #: the strategy composes with client-level DP and secure aggregation (which
-    #: show the server nothing else).
-    aggregates_means = False
-
     def message_reference(self, payload):
-        """The message of a client that did not move: its update is message - reference."""
+        """The message of a client that did not move.
+
+        A client's update is u_k = message_k - reference: what uplink
+        compression encodes and what DP clips, noises and secure aggregation
+        masks.  Called on every rank.
+
+        Parameters
+        ----------
+        payload : (q,) float64
+
+        Returns
+        -------
+        (w,) float64
+        """
         return payload
 
+    def aggregate(self, theta, messages, n_samples, client_ids, n_clients):
+        """The server step: the next global model from the clients' messages.
+
+        Runs on rank 0 once a round in which at least one client reported
+        (rounds without privacy or secure aggregation).
+
+        Parameters
+        ----------
+        theta : (p,) float64
+            The global model of the round.
+        messages : (K, w) float64
+            The reporting clients' messages in increasing client-id order (as
+            the server receives them: decoded, or perturbed by a simulated
+            attack); rows may hold NaN or Inf -- leave them out, naming them.
+        n_samples : (K,) float64
+            Each client's number of rows.
+        client_ids : (K,) int64
+            Increasing client ids.
+        n_clients : int
+            N, the number of clients in the federation.
+
+        Returns
+        -------
+        (p,) float64
+            The next global model; returning `theta` itself (the same object)
+            means the round changed nothing.
+        """
+        raise NotImplementedError
+
     def aggregate_mean(self, theta, mean_update, count, n_clients):
-        """The next theta from the mean of `count` clients' updates (message - reference)."""
+        """The server step from the mean of the clients' updates only.
+
+        Runs on rank 0 instead of `aggregate` when the trainer has client-level
+        DP or secure aggregation (only for strategies with aggregates_means).
+
+        Parameters
+        ----------
+        theta : (p,) float64
+        mean_update : (w,) float64
+            sum_k a_k u_k / sum_k a_k, u_k = message_k - reference (a_k = 1
+            under DP, with the fixed denominator m and the noise added).
+        count : int or float
+            The number of clients in the mean (under DP the fixed denominator m).
+        n_clients : int
+            N, the number of clients in the federation.
+
+        Returns
+        -------
+        (p,) float64
+        """
         raise NotImplementedError(f"{type(self).__name__} needs every client's update")
 
-    #: Attributes holding server state (not hyper-parameters).
-    _state_attrs = ()
-
     def hyper_parameters(self):
-        """{name: value} of what configures the strategy (not its server state)."""
+        """What configures the strategy, for the run's config fingerprint.
+
+        Called at set-up on every rank of a checkpointed run: a checkpoint
+        resumes only under the same fingerprint.
+
+        Returns
+        -------
+        dict {str: value}
+            The instance's attributes but its server state (`_state_attrs`).
+        """
         return {k: v for k, v in vars(self).items() if k not in self._state_attrs}
 
     def state_dict(self):
-        """The server state as {name: array or number} (copies), for checkpoints."""
+        """The server state, for checkpoints (rank 0, at every checkpoint).
+
+        Returns
+        -------
+        dict {str: ndarray, number or such a dict}
+            Copies, not views of live state.
+        """
         return {}
 
     def load_state_dict(self, state):
-        """Restore what state_dict() returned."""
+        """Restore the server state (every rank, on resume).
+
+        Parameters
+        ----------
+        state : dict
+            What `state_dict` returned, as read back from the checkpoint.
+        """
 
     @staticmethod
     def _drop_non_finite(messages, n_samples, client_ids):
@@ -238,6 +430,18 @@ class RobustStrategy(Strategy):
                              f"clients per round ({self.bound}), got {m}")
 
     def rule(self, theta, models, n_samples):
+        """The next global model from the finite client models.
+
+        Parameters
+        ----------
+        theta : (p,) float64
+        models : (K, p) float64, K >= min_clients, in increasing client-id order
+        n_samples : (K,) float64
+
+        Returns
+        -------
+        (p,) float64
+        """
         raise NotImplementedError
 
     def aggregate(self, theta, messages, n_samples, client_ids, n_clients):
@@ -271,12 +475,6 @@ class FedTrimmedAvg(RobustStrategy):
         return aggregate.trimmed_mean(models, self.beta)
 
 
-def _num_malicious(f):
-    if isinstance(f, bool) or not isinstance(f, (int, np.integer)) or f < 0:
-        raise ValueError(f"num_malicious must be an int >= 0, got {f!r}")
-    return int(f)
-
-
 class Krum(RobustStrategy):
     """Krum (Blanchard et al. 2017): the client model with the lowest score (sum of
     squared distances to its K - f - 2 nearest others); num_to_keep > 1 is
@@ -284,7 +482,7 @@ class Krum(RobustStrategy):
 
     def __init__(self, num_malicious=0, num_to_keep=1, mu=0.0):
         super().__init__(mu)
-        self.num_malicious = _num_malicious(num_malicious)
+        self.num_malicious = check.int_at_least(num_malicious, "num_malicious", 0)
         if num_to_keep is not None and (isinstance(num_to_keep, bool)
                                         or not isinstance(num_to_keep, int) or num_to_keep < 1):
             raise ValueError(f"num_to_keep must be an int >= 1, got {num_to_keep!r}")
@@ -313,7 +511,7 @@ class Bulyan(RobustStrategy):
 
     def __init__(self, num_malicious=0, mu=0.0):
         super().__init__(mu)
-        self.num_malicious = _num_malicious(num_malicious)
+        self.num_malicious = check.int_at_least(num_malicious, "num_malicious", 0)
         self.min_clients = 4 * self.num_malicious + 3
         self.bound = f"4*num_malicious + 3 = {self.min_clients}"
 
@@ -423,7 +621,18 @@ class ServerOptimizer(Strategy):
         return theta + self.step(np.asarray(target, dtype=np.float64) - theta)
 
     def step(self, delta):
-        """The change of theta for the aggregate update delta (updates the state)."""
+        """The server optimizer's step (updates its state; self.t counts the steps).
+
+        Parameters
+        ----------
+        delta : (p,) float64
+            Delta = aggregate - theta, the aggregator's update.
+
+        Returns
+        -------
+        (p,) float64
+            The change of theta: theta <- theta + step(Delta).
+        """
         raise NotImplementedError
 
     _state_names = ()
@@ -501,9 +710,11 @@ class FedOpt(ServerOptimizer):
         self.m = self.v = None
 
     def second_moment(self, v, delta_sq):
+        """The method's rule for v, from v and Delta^2 (both (p,) float64)."""
         raise NotImplementedError
 
     def learning_rate(self):
+        """eta at the current step (FedAdam's bias correction scales it)."""
         return self.eta
 
     def step(self, delta):

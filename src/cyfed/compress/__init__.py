@@ -34,7 +34,8 @@ Randomness (QSGD, RandK, PowerSGD's first Q) comes from ``rng``: a
 ``numpy.random.Generator``, an int seed, or None for the compressor's own
 generator (made from its ``seed``); the same rng state gives the same payload.
 ``key`` names the client (or rank) whose state a stateful compressor uses
-(PowerSGD's warm start); the others ignore it.  `ErrorFeedback` wraps any of them.
+(PowerSGD's warm start); the others ignore it.  `ErrorFeedback` wraps any of
+them (a residual per key) and is used exactly like them.
 
 Payloads are decoded in place when 8-byte aligned (else copied once); a
 truncated or inconsistent payload raises ValueError.  Bodies are in the host's
@@ -176,7 +177,8 @@ class Compressor:
 
     def __init_subclass__(cls):
         super().__init_subclass__()
-        _CODECS[cls.codec] = cls
+        if "codec" in vars(cls):        # not a base such as _Half (codec 0 is no codec)
+            _CODECS[cls.codec] = cls
 
     payload_nbytes = staticmethod(payload_nbytes)
 
@@ -538,25 +540,30 @@ class PowerSGD(Compressor):
 
 class ErrorFeedback:
     """Error feedback (Stich et al. 2018, arXiv:1809.07599; Karimireddy et al. 2019,
-    arXiv:1901.09847) around a compressor, one residual e_key per client or rank:
+    arXiv:1901.09847) around a compressor C, one residual e_key per key (client or
+    rank):
 
-        p = x + e_key,   payload = C(p),   e_key ← p − decode(payload).
+        p = x + e_key,   payload = C(p),   e_key <- p - decode(payload).
 
-    So what was sent over all steps plus the final residual is the sum of the
-    inputs (up to rounding): nothing is lost, only delayed.  Residuals have x's
-    dtype; a key's first call starts from e = 0.
+    Sum over the calls of a key: sum decode(payload) + e_key = sum x (to rounding).
+    A drop-in for C: the same ``encode(x, rng=None, key=None)``, ``decode``,
+    ``payload_nbytes``, ``max_payload_nbytes``, ``state_dict`` and
+    ``load_state_dict``, and C's payloads.  Residuals have x's dtype and shape; a
+    key's first call (or one with another shape or dtype) starts from e = 0.
 
-    The residual stays bounded only for a contractive compressor,
+    The residual stays bounded only for a contractive C,
     ||C(p) - p||^2 <= (1 - delta) ||p||^2 with delta > 0 (Karimireddy et al.,
-    Theorem II): top-k, scaled sign, PowerSGD, FP16/BF16, RandK(unbiased=False).
-    Unbiased compressors whose variance exceeds ||p||^2 are not: RandK scaled by
-    d / k is refused, and QSGD is contractive only while min(d / s^2, sqrt(d) / s)
-    < 1 (many levels s for the size d) -- with fewer levels the residual grows
-    without bound.
+    Theorem II): TopK, ScaledSign, PowerSGD, FP16/BF16, RandK(unbiased=False).
+    RandK scaled by d / k is refused; QSGD(s) is contractive only while
+    min(d / s^2, sqrt(d) / s) < 1.
 
-    ``state_dict()`` returns the residuals as {str(key): array} (for checkpoints);
-    the compressor's own state (PowerSGD) is checkpointed separately.
+    Parameters
+    ----------
+    compressor : Compressor
+        C (not RandK(k, unbiased=True)); its own state (PowerSGD's Q) stays in it.
     """
+
+    payload_nbytes = staticmethod(payload_nbytes)
 
     def __init__(self, compressor):
         if not isinstance(compressor, Compressor):
@@ -572,8 +579,16 @@ class ErrorFeedback:
     def __repr__(self):
         return f"ErrorFeedback({self.compressor!r})"
 
-    def encode(self, x, key, rng=None):
-        """The payload of x + e_key; updates e_key."""
+    def encode(self, x, rng=None, key=None):
+        """C's payload of p = x + e_key; sets e_key = p - decode(payload).
+
+        Parameters
+        ----------
+        x : 1-d (2-d for PowerSGD) float32/float64 array
+        rng : numpy.random.Generator, int seed or None, passed to C
+        key : hashable, the residual's owner (str(key) names it; None is a key too),
+            passed to C (PowerSGD's warm start)
+        """
         x = _vector(x, ndims=(1, 2))
         e = self._residuals.get(str(key))
         p = x.copy() if e is None or e.shape != x.shape or e.dtype != x.dtype else x + e
@@ -583,11 +598,11 @@ class ErrorFeedback:
         return payload
 
     def decode(self, payload):
+        """C's decode (the residuals are the sender's, not needed here)."""
         return self.compressor.decode(payload)
 
-    payload_nbytes = staticmethod(payload_nbytes)
-
     def max_payload_nbytes(self, d, dtype):
+        """C's `max_payload_nbytes`."""
         return self.compressor.max_payload_nbytes(d, dtype)
 
     def residual(self, key):
@@ -595,9 +610,11 @@ class ErrorFeedback:
         return self._residuals.get(str(key))
 
     def state_dict(self):
+        """The residuals as {str(key): array} (copies); C checkpoints its own state."""
         return {key: e.copy() for key, e in self._residuals.items()}
 
     def load_state_dict(self, state):
+        """Restore the residuals `state_dict` returned (any keys left out start at 0)."""
         self._residuals = {str(key): np.array(e) for key, e in state.items()}
 
 

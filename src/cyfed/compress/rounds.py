@@ -16,6 +16,7 @@ one `Bcast` of a fixed-size buffer carries it.
 
 Random compressors (QSGD, RandK) draw from generators seeded by (seed, round,
 client id), so a client's payload does not depend on the rank that hosts it.
+See docs/federated.md (compression) and docs/distributed.md (compressed gradients).
 """
 import numpy as np
 
@@ -40,6 +41,8 @@ class Uplink:
 
     def __init__(self, compressor, error_feedback, seed, n_classes):
         self.compressor, self.seed, self.n_classes = compressor, seed, n_classes
+        self.error_feedback = bool(error_feedback)
+        # ErrorFeedback is used like the compressor it wraps (same encode, payloads)
         self.codec = compress.ErrorFeedback(compressor) if error_feedback else compressor
 
     def encode(self, updates, client_ids, rnd):
@@ -48,10 +51,7 @@ class Uplink:
         for row, cid in zip(updates, client_ids):
             rng = np.random.default_rng([self.seed, rnd, _UPLINK_STREAM, int(cid)])
             x = _as_wire(self.compressor, row, self.n_classes)
-            if isinstance(self.codec, compress.ErrorFeedback):
-                payloads.append(self.codec.encode(x, int(cid), rng=rng))
-            else:
-                payloads.append(self.codec.encode(x, rng=rng, key=int(cid)))
+            payloads.append(self.codec.encode(x, rng=rng, key=int(cid)))
         lengths = np.array([p.size for p in payloads], dtype=np.int64)
         flat = np.concatenate(payloads) if payloads else np.empty(0, dtype=np.uint8)
         return flat, lengths
@@ -68,18 +68,17 @@ class Uplink:
     def state_dict(self):
         """This rank's clients' residuals and compressor state (PowerSGD's Q), keyed
         by str(client id)."""
-        return {"residuals": (self.codec.state_dict()
-                              if isinstance(self.codec, compress.ErrorFeedback) else {}),
+        return {"residuals": self.codec.state_dict() if self.error_feedback else {},
                 "compressor": self.compressor.state_dict()}
 
     def load_state_dict(self, state, hosted):
         """Restore the entries of the clients in `hosted` (ids this rank hosts)."""
         keep = {str(int(c)) for c in hosted}
-        if isinstance(self.codec, compress.ErrorFeedback):
-            self.codec.load_state_dict({k: v for k, v in state["residuals"].items()
-                                        if k in keep})
-        self.compressor.load_state_dict({k: v for k, v in state["compressor"].items()
-                                         if k in keep})
+        mine = {part: {k: v for k, v in entries.items() if k in keep}
+                for part, entries in state.items()}
+        if self.error_feedback:
+            self.codec.load_state_dict(mine["residuals"])
+        self.compressor.load_state_dict(mine["compressor"])
 
 
 class Downlink:
