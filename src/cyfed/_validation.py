@@ -56,10 +56,21 @@ def is_int(value):
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def finite_real(value, name):
-    """`value` as a float, or ValueError unless it is a finite real number (not a bool)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
+def finite_real(value, name, low=None):
+    """`value` as a float, or ValueError unless it is a finite real number (not a bool),
+    and >= low when low is given."""
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+            or not np.isfinite(value) or (low is not None and value < low)):
+        bound = "" if low is None else f" >= {low}"
+        raise ValueError(f"{name} must be a finite number{bound}, got {value!r}")
+    return float(value)
+
+
+def real_in(value, name, low, high):
+    """`value` as a float, or ValueError unless it is a real number in [low, high)."""
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+            or not np.isfinite(value) or not low <= value < high):
+        raise ValueError(f"{name} must be in [{low}, {high}), got {value!r}")
     return float(value)
 
 
@@ -100,9 +111,7 @@ def optional_int_at_least(value, name, low):
 
 def in_unit_interval(value, name):
     """`value` as a float in [0, 1) (ValueError otherwise)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
-        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
-    return float(value)
+    return real_in(value, name, 0, 1)
 
 
 class InvalidParameterError(ValueError, TypeError):

@@ -291,13 +291,6 @@ class Strategy:
         return messages[ok], n_samples[ok], np.asarray(client_ids)[ok]
 
 
-def _check_mu(mu):
-    if not (isinstance(mu, (int, float)) and not isinstance(mu, bool) and mu >= 0
-            and math.isfinite(mu)):
-        raise ValueError(f"mu must be a finite number >= 0, got {mu!r}")
-    return float(mu)
-
-
 class FedAvg(Strategy):
     """Federated averaging (McMahan et al. 2017, arXiv:1602.05629): theta = sum n_k theta_k / sum n_k.
 
@@ -336,7 +329,7 @@ class FedProx(FedAvg):
     keeps_stragglers = True
 
     def __init__(self, mu=0.01):
-        self.mu = _check_mu(mu)
+        self.mu = check.finite_real(mu, "mu", 0)
 
 
 class Scaffold(Strategy):
@@ -416,7 +409,7 @@ class RobustStrategy(Strategy):
     stragglers' partial work, as FedProx does)."""
 
     def __init__(self, mu=0.0):
-        self.mu = _check_mu(mu)
+        self.mu = check.finite_real(mu, "mu", 0)
         self.keeps_stragglers = self.mu > 0
 
     #: Fewest client models the rule accepts.
@@ -483,10 +476,7 @@ class Krum(RobustStrategy):
     def __init__(self, num_malicious=0, num_to_keep=1, mu=0.0):
         super().__init__(mu)
         self.num_malicious = check.int_at_least(num_malicious, "num_malicious", 0)
-        if num_to_keep is not None and (isinstance(num_to_keep, bool)
-                                        or not isinstance(num_to_keep, int) or num_to_keep < 1):
-            raise ValueError(f"num_to_keep must be an int >= 1, got {num_to_keep!r}")
-        self.num_to_keep = num_to_keep
+        self.num_to_keep = check.optional_int_at_least(num_to_keep, "num_to_keep", 1)
         self.min_clients = max(2 * self.num_malicious + 3, num_to_keep or 1)
         self.bound = f"2*num_malicious + 3 = {2 * self.num_malicious + 3}" + (
             f", and num_to_keep = {num_to_keep}" if (num_to_keep or 1) > 1 else "")
@@ -656,16 +646,6 @@ class ServerOptimizer(Strategy):
             setattr(self, name, np.array(state[name]) if name in state else None)
 
 
-def _rate(value, name, low=0.0, high=math.inf, closed_high=False):
-    ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
-          and math.isfinite(value) and low <= value
-          and (value <= high if closed_high else value < high))
-    if not ok:
-        raise ValueError(f"{name} must be in [{low}, {high}{']' if closed_high else ')'}, "
-                         f"got {value!r}")
-    return float(value)
-
-
 class FedAvgM(ServerOptimizer):
     """FedAvg with server momentum (Hsu et al. 2019; Flower's FedAvgM): g = theta -
     aggregate, v = momentum v + g (v = g at the first step), theta <- theta - lr v."""
@@ -675,10 +655,9 @@ class FedAvgM(ServerOptimizer):
     def __init__(self, server_learning_rate=1.0, server_momentum=0.0, aggregator=None,
                  eta_l=None):
         super().__init__(aggregator, eta_l)
-        self.server_learning_rate = _rate(server_learning_rate, "server_learning_rate", 0.0)
-        if self.server_learning_rate == 0:
-            raise ValueError("server_learning_rate must be > 0")
-        self.server_momentum = _rate(server_momentum, "server_momentum", 0.0, 1.0)
+        self.server_learning_rate = check.positive_float(server_learning_rate,
+                                                         "server_learning_rate")
+        self.server_momentum = check.real_in(server_momentum, "server_momentum", 0.0, 1.0)
         self.v = None
 
     def step(self, delta):
@@ -701,12 +680,10 @@ class FedOpt(ServerOptimizer):
 
     def __init__(self, eta, eta_l, beta_1, beta_2, tau, aggregator):
         super().__init__(aggregator, eta_l)
-        self.eta = _rate(eta, "eta", 0.0)
-        if self.eta == 0:
-            raise ValueError("eta must be > 0")
-        self.beta_1 = _rate(beta_1, "beta_1", 0.0, 1.0)
-        self.beta_2 = _rate(beta_2, "beta_2", 0.0, 1.0)
-        self.tau = _rate(tau, "tau", 0.0)
+        self.eta = check.positive_float(eta, "eta")
+        self.beta_1 = check.real_in(beta_1, "beta_1", 0.0, 1.0)
+        self.beta_2 = check.real_in(beta_2, "beta_2", 0.0, 1.0)
+        self.tau = check.real_in(tau, "tau", 0.0, math.inf)
         self.m = self.v = None
 
     def second_moment(self, v, delta_sq):
