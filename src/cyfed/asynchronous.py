@@ -5,51 +5,14 @@ when they finish; the server never waits for a round.  A client that started
 from model version tau and reports when the server is at version t has
 *staleness* t - tau (the number of server updates it missed).
 
-Server rules (``rule=``):
-
-* `FedAsync` (Xie, Koyejo & Gupta 2019, arXiv:1903.03934): every arriving local
-  model x_new is mixed in at once, x <- (1 - alpha_t) x + alpha_t x_new with
-  alpha_t = alpha s(t - tau) for a staleness function s (`staleness_weight`).
-* `FedBuff` (Nguyen et al. 2022, arXiv:2106.06639, Algorithm 1): clients send
-  deltas Delta_k = x_k - x_tau; the server adds s(t - tau) Delta_k to a buffer
-  and, after K arrivals, steps x <- x + eta_g (buffer / K) (s = 1/sqrt(1 + t - tau)
-  by default, the paper's choice).
-* `SyncFedAvg`: the synchronous baseline on the same clock: `concurrency`
-  clients start from x together, the round ends when the slowest one reports,
-  x <- sum n_k x_k / sum n_k.
-
-Two modes (``mode=``):
-
-``"simulated"``
-    A discrete-event simulation over a virtual clock.  Client c has a speed
-    drawn once from the seed (log-delay mu + sigma z_c) and each of its jobs a
-    lognormal duration around it (``delay="lognormal"``), or fixed per-client
-    durations (``delay="constant"``).  `concurrency` clients are busy at once; the
-    earliest to finish (a heap ordered by (finish time, job index)) is applied
-    by the rule with the staleness it accumulated, and a client drawn uniformly
-    from the idle ones starts from the current model.  Every draw comes from a
-    generator seeded by (seed, stream, job[, client]), and job j of client c
-    trains with shuffles seeded by (seed, j, c), so a run is **bit-reproducible**
-    for a seed.  Over MPI every rank runs the same event loop on the same
-    model; a job is trained by the rank hosting its client when it starts, and
-    its result is broadcast from that rank when it finishes, so every rank
-    applies the same updates in the same order: the model is **bit-identical
-    for any number of ranks** (and equal to a `LocalComm` run).
-
-``"mpi"`` (at least 2 ranks)
-    Real asynchrony.  Rank 0 is the server only; ranks 1..P-1 host the clients
-    (a sequence of clients is split over them, or pass dicts with none on
-    rank 0).  The server keeps `concurrency` jobs out: it `isend`s
-    [job, client, version, x] to the client's rank, posts one `irecv` per busy
-    worker and takes results with `waitany` in arrival order, applies the rule
-    and sends the next job.  A worker receives a job, trains, `isend`s
-    [job, client, version, n, loss, steps, message] and waits for the next.
-    When the update budget (or `max_time` wall seconds) is spent the server sends
-    every worker a stop message, receives (and discards) the results still in
-    flight, and broadcasts the final model and history: every rank returns.
-    Results are **not reproducible**: they depend on the arrival order, i.e.
-    on timing.  ``wall_delay`` makes a worker sleep ``wall_delay`` times the
-    job's simulated duration after training, to emulate slow devices.
+Server rules (``rule=``): `FedAsync` (Xie et al. 2019, arXiv:1903.03934: mix each
+arrival in at once, x <- (1 - alpha_t) x + alpha_t x_new), `FedBuff` (Nguyen et
+al. 2022, arXiv:2106.06639: buffer K staleness-weighted deltas, then step) and
+`SyncFedAvg` (the synchronous baseline on the same clock).  Modes (``mode=``):
+``"simulated"`` -- a discrete-event simulation over a virtual clock, bit-identical
+for a seed and for any number of ranks; ``"mpi"`` -- real asynchrony, rank 0 the
+server and ranks 1..P-1 the clients, point-to-point messages in arrival order
+(not reproducible).  Long-form documentation: docs/federated.md.
 
 Local training is `FederatedTrainer.train_clients` (the compiled
 `cyfed._sgd.train_clients`), with FedProx's proximal term when ``mu > 0``
@@ -288,8 +251,8 @@ class AsyncTrainer:
         (seed, j, c)); jitter defaults to 0.5.  constant: ``delay_params`` is one
         duration > 0 or one per client (a sequence of N).
     mode : {"simulated", "mpi"}
-        See the module docstring: bit-reproducible virtual clock, or real
-        asynchronous point-to-point messages (rank 0 server, >= 2 ranks).
+        Bit-reproducible virtual clock, or real asynchronous point-to-point
+        messages (rank 0 server, >= 2 ranks); see docs/federated.md.
     seed : int
     n_workers : threads per process for local training
     comm : Communicator or None (LocalComm)

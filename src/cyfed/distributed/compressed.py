@@ -6,20 +6,14 @@ import numpy as np
 from cyfed import compress
 from cyfed.compress.rounds import WIRE_DTYPE, Uplink
 
+
 class GradientCompression:
     """The sum over ranks of each rank's gradient sums, through compressed payloads.
 
-    Called in place of ``comm.allreduce_sum(buf)`` on `DistributedGD`'s buffer
-    ``[gradient sums (width), loss sum, weight sum, clipped count, error flag]``:
-    the gradient part of every rank goes through `cyfed.compress.rounds.Uplink`
-    (float32 on the wire, error feedback keyed by the rank, random draws seeded by
-    (seed, t, stream, rank)), one Allgatherv carries every rank's payload to every
-    rank, and each rank decodes them all and adds them in rank order, so every rank
-    holds the same sum.  The scalars (and a flag for a gradient that could not be
-    encoded, i.e. one that is not finite) go in an in-place Allreduce of 5
-    float64s first: on a kernel error or a non-finite gradient anywhere, no payload
-    is sent and `DistributedGD` raises on every rank (a non-finite gradient leaves
-    NaN in the sum, which it reports as divergence).
+    Called in place of ``comm.allreduce_sum(buf)`` on the buffer ``[gradient sums,
+    loss sum, weight sum, clipped count, error flag]``: the scalars go through one
+    Allreduce, every rank's compressed gradient through one Allgatherv, and every
+    rank decodes and adds them in rank order (docs/distributed.md).
     """
 
     def __init__(self, comm, compressor, error_feedback, seed, n_classes, width):
