@@ -15,9 +15,10 @@ from cyfed.comm import LocalComm
 from cyfed.distributed import DistributedGD
 from cyfed.federated import FederatedTrainer
 from cyfed.strategies import FedAvg
-from test_mpi_launch import mpirun
+from test_mpi_launch import MPIEXEC, mpirun
 
-pytestmark = pytest.mark.skipif(mpirun is None, reason="needs mpiexec")
+pytestmark = pytest.mark.skipif(MPIEXEC is None or pytest.importorskip("mpi4py") is None,
+                                reason="needs mpiexec and mpi4py")
 
 DATA = """
 import json, sys
