@@ -27,6 +27,7 @@ shape (n_features d, n_outputs k) of the data.
 """
 import copy
 import inspect
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -165,13 +166,18 @@ class Model:
         return None
 
 
+@dataclass(frozen=True)
 class SGDSettings:
-    """Local training of one round: batch size, step cap, rates and seeds."""
-
-    def __init__(self, batch_size, max_steps, lr, l2, mu, momentum, seed, rnd, n_threads):
-        self.batch_size, self.max_steps = batch_size, max_steps
-        self.lr, self.l2, self.mu, self.momentum = lr, l2, mu, momentum
-        self.seed, self.rnd, self.n_threads = seed, rnd, n_threads
+    """Local training of one round: batch size, step cap (0: none), rates and seeds."""
+    batch_size: int
+    max_steps: int
+    lr: float
+    l2: float
+    mu: float
+    momentum: float
+    seed: int
+    rnd: int
+    n_threads: int
 
 
 def _top_label(y):
