@@ -226,3 +226,23 @@ def test_split_devices_holds_out_rows_per_device():
     assert len(y_test) + sum(len(t[1]) for t in train) == sum(len(d[1]) for d in devices)
     every = np.vstack([X_test] + [t[0] for t in train])
     assert np.unique(every, axis=0).shape[0] == every.shape[0]     # nothing duplicated
+
+
+def test_fitting_twice_gives_the_same_model_for_stateful_strategies():
+    """Server state (SCAFFOLD's c, FedAdam's moments) lives in the fit's own copy of
+    the strategy, so a second fit starts where the first did."""
+    from cyfed.strategies import FedAdam, Scaffold
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((120, 4))
+    y = X @ np.array([1.0, -1.0, 0.5, 2.0]) + 0.1 * rng.standard_normal(120)
+    clients = [(X[i::6], y[i::6]) for i in range(6)]
+    for strategy in (Scaffold(), FedAdam(eta=0.05)):
+        initial = strategy.state_dict()
+        trainer = FederatedTrainer(strategy, rounds=3, lr=0.05, comm=LocalComm())
+        first = trainer.fit(clients).theta_.copy()
+        assert np.array_equal(trainer.fit(clients).theta_, first)
+        fitted = trainer.strategy_.state_dict()
+        assert any(v is not None and np.any(np.asarray(v)) for v in fitted.values())
+        assert strategy.state_dict().keys() == initial.keys()      # the user's object is as given
+        for key, value in strategy.state_dict().items():
+            assert (value is None and initial[key] is None) or np.array_equal(value, initial[key])

@@ -5,6 +5,7 @@ seeded by (seed, round[, client id]) and rank 0 aggregates in client-id order,
 so the model is bit-identical for any number of ranks and worker threads.
 Long-form documentation: docs/federated.md.
 """
+import copy
 import math
 from dataclasses import dataclass, field
 
@@ -95,7 +96,8 @@ class FederatedTrainer:
     (FedAvg, FedSGD, FedProx, Scaffold, server optimizers over them).
 
     Attributes after fit: theta_ (flat parameters), coef_ / intercept_ (linear
-    models), history_ (one dict per round: round, clients, train_loss, test
+    models), model_ (the bound model), strategy_ (a copy of `strategy` holding the
+    server state: every fit starts from the strategy as given), history_ (one dict per round: round, clients, train_loss, test
     metrics, bytes_up / bytes_down, bytes_sent / bytes_received, seconds, ...).
     """
 
@@ -214,6 +216,7 @@ class FederatedTrainer:
         on_every_rank(comm, lambda: self.strategy.check_clients(m))
         threads = check.n_threads(self.n_workers, gradients._kernels.max_threads())
         private = on_every_rank(comm, lambda: self._private_rounds(m, n_clients, threads))
+        self.strategy_ = copy.deepcopy(self.strategy)     # server state starts fresh each fit
         model = as_model(self.loss, self.fit_intercept)
         data, offsets, ids, top = on_every_rank(comm, lambda: client_data.concatenate(model,
                                                                                       hosted))
@@ -221,7 +224,7 @@ class FederatedTrainer:
         n_classes = max(top + 1, 2) if model.targets == "classes" else 1
         client_data.poison_labels(self.attack, model, data, offsets, ids, n_classes)
         self._run = FedRun(
-            comm=comm, model=model, data=data, threads=threads, strategy=self.strategy,
+            comm=comm, model=model, data=data, threads=threads, strategy=self.strategy_,
             attack=self.attack, seed=self.seed, sampling=self.sampling, n_clients=n_clients,
             m=m, dropout=self.dropout, straggler_fraction=self.straggler_fraction,
             epochs=settings["local_epochs"], batch=settings["batch_size"],
@@ -368,7 +371,7 @@ class FederatedTrainer:
                                          run.uplink.state_dict() if run.uplink else None))
         if run.comm.rank != 0:
             return
-        arrays = {"theta": self.theta_, "strategy": self.strategy.state_dict(),
+        arrays = {"theta": self.theta_, "strategy": self.strategy_.state_dict(),
                   "client_state": {c: v for part, _ in states for c, v in part.items()},
                   "private": run.private.state_dict() if run.private else {},
                   "downlink": run.downlink.state_dict() if run.downlink else {}}
@@ -384,7 +387,7 @@ class FederatedTrainer:
         if loaded is None:
             return 0
         arrays, meta = loaded
-        self.strategy.load_state_dict(arrays["strategy"])
+        self.strategy_.load_state_dict(arrays["strategy"])
         for helper, key in ((run.private, "private"), (run.downlink, "downlink")):
             if helper is not None:
                 helper.load_state_dict(arrays[key])
