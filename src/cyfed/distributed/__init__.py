@@ -2,8 +2,9 @@
 takes the same steps (SPMD).
 
 `DistributedGD` (gd) is the trainer; its loops are `sync` (one Allreduce of the
-gradient sums per step, DP-SGD) and `local_sgd` (H local steps between model
-averages, optionally overlapped), sharing `loop.Loop`; `batches` draws the
+gradient sums per step, DP-SGD), `local_sgd` (H local steps between model
+averages, optionally overlapped) and `lbfgs` (solver="lbfgs": one Allreduce per
+line-search trial point), sharing `loop.Loop`; `batches` draws the
 global mini-batches and DP noise, `compressed` sums compressed gradients.
 """
 from cyfed.distributed.compressed import GradientCompression

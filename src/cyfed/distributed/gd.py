@@ -1,6 +1,6 @@
 """`DistributedGD`: the trainer -- its hyper-parameters, set-up, results and inference.
 
-The algorithms are loops of their own modules (`sync`, `local_sgd`) over the
+The algorithms are loops of their own modules (`sync`, `local_sgd`, `lbfgs`) over the
 shared `loop.Loop`; docs/distributed.md explains them at length.
 """
 import numpy as np
@@ -9,6 +9,7 @@ from cyfed import _validation as check
 from cyfed import accountant, checkpoint, compress, gradients, training
 from cyfed.comm import get_comm, on_every_rank
 from cyfed.distributed.compressed import GradientCompression
+from cyfed.distributed.lbfgs import LBFGS
 from cyfed.distributed.local_sgd import LocalSGD
 from cyfed.distributed.loop import GDRun
 from cyfed.distributed.sync import SynchronousGD
@@ -36,6 +37,15 @@ class DistributedGD:
     loss : {"squared", "logistic", "softmax"} or cyfed.models.Model
         A loss name trains the compiled linear model; a `Model` (e.g.
         `cyfed.models.CallableModel`) trains any flat-parameter model.
+    solver : {"gd", "lbfgs"}
+        "gd": the update above.  "lbfgs": full-batch L-BFGS (Nocedal & Wright,
+        Algorithm 7.5) with a strong-Wolfe line search -- no learning rate: lr and
+        lr_schedule are ignored; every trial point of the line search costs one
+        kernel pass and one Allreduce.  Needs batch_size=None, momentum=0,
+        privacy=None, local_steps=1, overlap=False, compression=None.  max_iter
+        counts L-BFGS iterations; gtol=None means ||g_t|| <= 1e-5 (scipy's pgtol);
+        see docs/distributed.md, "L-BFGS: no learning rate".
+    lbfgs_memory : int >= 1, the (s, y) pairs L-BFGS keeps (10)
     lr : float > 0;  lr_schedule : name in `cyfed.schedules.SCHEDULES` or callable
         (lr, t, max_iter) -> lr_t
     max_iter : int >= 1, updates unless a tolerance stops earlier
@@ -74,7 +84,9 @@ class DistributedGD:
     n_iter_ : updates (local steps with H > 1) in the returned model
     history_ : list of dicts: 'iter', 'loss', 'grad_norm', 'lr', 'seconds',
         'bytes_sent', 'bytes_received' (and with privacy 'batch_size',
-        'clipped_fraction', 'epsilon'); see docs/distributed.md
+        'clipped_fraction', 'epsilon'; with lbfgs one record per iteration at its
+        new point, 'lr' the accepted step length, and 'evaluations', the kernel
+        passes so far); see docs/distributed.md
     noise_multiplier_, accountant_ : with privacy, z and the RDP accountant
     """
 
@@ -83,7 +95,8 @@ class DistributedGD:
                  lr_schedule="constant", tol=None, gtol=None, seed=0, n_threads=None,
                  comm=None, checkpoint=None, checkpoint_every=10, resume=False,
                  privacy=None, local_steps=1, overlap=False, compression=None,
-                 error_feedback=False):
+                 error_feedback=False, solver="gd", lbfgs_memory=10):
+        self.solver, self.lbfgs_memory = solver, lbfgs_memory
         self.loss, self.lr, self.max_iter, self.batch_size = loss, lr, max_iter, batch_size
         self.fit_intercept, self.l2 = fit_intercept, l2
         self.momentum, self.nesterov, self.lr_schedule = momentum, nesterov, lr_schedule
@@ -118,6 +131,7 @@ class DistributedGD:
                              "models differ between averages)")
         self._check_privacy()
         self._check_compression()
+        self._check_solver()
         return get_schedule(self.lr_schedule)
 
     def _check_privacy(self):
@@ -150,6 +164,22 @@ class DistributedGD:
         if self.error_feedback:
             compress.ErrorFeedback(self.compression)        # refuses non-contractive ones
 
+    def _check_solver(self):
+        if self.solver not in ("gd", "lbfgs"):
+            raise ValueError(f"solver must be 'gd' or 'lbfgs', got {self.solver!r}")
+        check.int_at_least(self.lbfgs_memory, "lbfgs_memory", 1)
+        if self.solver == "gd":
+            return
+        for name, value, needed in (("batch_size", self.batch_size, None),
+                                    ("momentum", self.momentum, 0),
+                                    ("privacy", self.privacy, None),
+                                    ("local_steps", self.local_steps, 1),
+                                    ("overlap", self.overlap, False),
+                                    ("compression", self.compression, None)):
+            if (value is not None) if needed is None else value != needed:
+                raise ValueError(f"solver='lbfgs' needs {name}={needed} (got {value!r}): "
+                                 "L-BFGS takes full-batch steps of its own length")
+
     # -- training -------------------------------------------------------------
 
     def fit(self, X, y, sample_weight=None, *, coef_init=None, intercept_init=None,
@@ -166,12 +196,17 @@ class DistributedGD:
         velocity = np.zeros(run.model.n_params)
         self.history_, self.n_iter_ = [], 0
         prev_loss, steps = None, range(0, self.max_iter)
-        loop = (SynchronousGD if self.local_steps == 1 and not self.overlap else LocalSGD)(
-            self, run)
+        if self.solver == "lbfgs":
+            loop = LBFGS(self, run)
+        else:
+            loop = (SynchronousGD if self.local_steps == 1 and not self.overlap else LocalSGD)(
+                self, run)
         if run.checkpoints is not None and self.resume:
             restored = self._restore(run)
             if restored is not None:
-                theta, velocity, prev_loss, steps = restored
+                theta, velocity, prev_loss, steps, state = restored
+                if state is not None:
+                    loop.load_state_dict(state)
         prev_loss = loop.train(theta, velocity, prev_loss, steps)
         if run.checkpoints is not None:
             loop.save(theta, velocity, prev_loss, True)
@@ -218,13 +253,16 @@ class DistributedGD:
         names = ("lr", "max_iter", "batch_size", "fit_intercept", "l2", "momentum",
                  "nesterov", "lr_schedule", "tol", "gtol", "seed", "local_steps",
                  "error_feedback")
+        if self.solver != "gd":   # gd's fingerprint (and its old checkpoints) unchanged
+            names += ("solver", "lbfgs_memory")
         return {"model": training.describe(as_model(self.loss, self.fit_intercept)),
                 **{n: getattr(self, n) for n in names},
                 "privacy": training.describe(self.privacy),
                 "compression": repr(self.compression)}     # repr names every hyper-parameter
 
     def _restore(self, run):
-        """(theta, velocity, prev_loss, steps left) from the checkpoint, or None."""
+        """(theta, velocity, prev_loss, steps left, the loop's state or None) from the
+        checkpoint, or None."""
         loaded = run.checkpoints.restore(run.comm)
         if loaded is None:
             return None
@@ -237,7 +275,7 @@ class DistributedGD:
             run.codec.load_state_dict(arrays["compression"])
         steps = range(self.n_iter_, self.n_iter_ if meta["done"] else self.max_iter)
         return (np.array(arrays["theta"]), np.array(arrays["velocity"]), meta["prev_loss"],
-                steps)
+                steps, arrays.get("loop"))
 
     def _account(self):
         """Bring accountant_ up to the n_iter_ steps taken (with privacy)."""

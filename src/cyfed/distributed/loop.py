@@ -1,5 +1,6 @@
-"""What the SPMD loops of `DistributedGD` share: the local kernel pass, the update
-rule, history records, divergence and checkpoints.
+"""What the SPMD loops of `DistributedGD` share: the local kernel pass, the
+collective full objective, the update rule, history records, divergence and
+checkpoints.
 
 A loop is built by `DistributedGD.fit` with the trainer (its hyper-parameters,
 where results go) and the run (`GDRun`: communicator, bound model, data, ...)
@@ -7,6 +8,8 @@ and runs `train(theta, velocity, prev_loss, steps)`, updating theta and the
 momentum velocity in place and returning the loss the next tol test compares.
 """
 from dataclasses import dataclass
+
+import numpy as np
 
 from cyfed.comm import raise_if_any
 from cyfed.training import Run
@@ -44,6 +47,49 @@ class Loop:
         except ValueError as exc:
             out[:] = 0
             return 0.0, 0.0, 0, exc
+
+    def sum_ranks(self, buf, t):
+        """Add buf over the ranks in place: one Allreduce, or the gradient codec's sum."""
+        if self.run.codec is not None:
+            self.run.codec(buf, t)
+        else:
+            self.run.comm.allreduce_sum(buf)
+
+    def summed(self, theta, rows, buf, t, clip_norm=None):
+        """Collective: one kernel pass over this rank's `rows` and one sum over the ranks,
+        leaving buf = [grad sums (p), loss sum, weight sum, clipped count, error flag]
+        added over every rank; raises every rank's input error on every rank."""
+        p = self.run.model.n_params
+        loss_sum, weight_sum, n_clipped, error = self.local_sums(theta, rows, buf, clip_norm)
+        buf[p:] = loss_sum, weight_sum, n_clipped, 0.0 if error is None else 1.0
+        self.sum_ranks(buf, t)
+        if buf[-1] > 0:
+            raise_if_any(self.run.comm, error)
+
+    def total_weight(self, buf, t):
+        """The summed sample weights of `summed`'s buf, checked to be positive."""
+        weight = buf[self.run.model.n_params + 1]
+        if not weight > 0:
+            raise ValueError("sample_weight sums to 0 over the rows of iteration "
+                             f"{t}: weights must have a positive sum")
+        return weight
+
+    def regularised(self, theta, buf, scale):
+        """(g, loss, ||g||) from `summed`'s buf: the sums / scale plus the L2 term
+        (non-finite values are returned, for the caller's divergence check)."""
+        p, pen, l2 = self.run.model.n_params, self.run.model.n_penalized, self.gd.l2
+        with np.errstate(over="ignore", invalid="ignore"):
+            grad = buf[:p] / scale
+            grad[:pen] += l2 * theta[:pen]
+            loss = buf[p] / scale + 0.5 * l2 * float(theta[:pen] @ theta[:pen])
+            grad_norm = float(np.linalg.norm(grad))
+        return grad, loss, grad_norm
+
+    def objective(self, theta, buf, t):
+        """Collective: (g, loss, ||g||) of the full-batch objective at theta -- one
+        kernel pass over all this rank's rows and one Allreduce of p + 4 numbers."""
+        self.summed(theta, None, buf, t)
+        return self.regularised(theta, buf, self.total_weight(buf, t))
 
     def step(self, grad, velocity, theta, lr_t):
         """theta <- theta - lr_t step, step by the momentum rule (PyTorch's SGD):
@@ -83,10 +129,20 @@ class Loop:
             f"(loss={loss}, lr={lr_t}); try a smaller learning rate. coef_/intercept_ hold "
             "the last finite model.")
 
+    def state_dict(self):
+        """The loop's own state to checkpoint beside theta ({name: array}), or None."""
+        return None
+
+    def load_state_dict(self, state):
+        """Continue from `state_dict()`'s arrays of a checkpoint."""
+
     def save(self, theta, velocity, prev_loss, done):
         """Checkpoint (collective when a codec holds per-rank state)."""
         gd, run = self.gd, self.run
         arrays = {"theta": theta, "velocity": velocity}
+        state = self.state_dict()
+        if state is not None:
+            arrays["loop"] = state
         if run.codec is not None:           # every rank's residual and compressor state
             states = run.comm.gather_obj(run.codec.state_dict())
             if run.comm.rank == 0:

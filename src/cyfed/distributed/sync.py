@@ -14,7 +14,6 @@ Allreduce and the denominator is the expected batch size q N (docs/distributed.m
 import numpy as np
 
 from cyfed import accountant
-from cyfed.comm import raise_if_any
 from cyfed.distributed import batches
 from cyfed.distributed.loop import Loop
 
@@ -29,9 +28,6 @@ class SynchronousGD(Loop):
         if dp is not None and dp.delta is not None:
             self.epsilon_after = accountant.EpsilonCurve(gd.noise_multiplier_,
                                                          float(dp.sample_rate), dp.delta)
-        comm = run.comm
-        self.sum_ranks = (run.codec if run.codec is not None
-                          else lambda buf, t: comm.allreduce_sum(buf))
 
     def train(self, theta, velocity, prev_loss, steps):
         buf = np.empty(self.run.model.n_params + 4)
@@ -58,26 +54,16 @@ class SynchronousGD(Loop):
     def gradient(self, theta, buf, t):
         """(g_t, the loss at theta_t, lr_t, the history record) of step t (collective)."""
         gd, run = self.gd, self.run
-        p, pen = run.model.n_params, run.model.n_penalized
         rows, batch_size = self.batch(t)
         clip = None if gd.privacy is None else float(gd.privacy.clip_norm)
-        loss_sum, weight_sum, n_clipped, error = self.local_sums(theta, rows, buf, clip)
-        buf[p:] = loss_sum, weight_sum, n_clipped, 0.0 if error is None else 1.0
-        self.sum_ranks(buf, t)
-        if buf[-1] > 0:
-            raise_if_any(run.comm, error)
-        scale = self.denominator(buf, t)
-        with np.errstate(over="ignore", invalid="ignore"):   # divergence is checked below
-            grad = buf[:p] / scale
-            grad[:pen] += gd.l2 * theta[:pen]
-            loss = buf[p] / scale + 0.5 * gd.l2 * float(theta[:pen] @ theta[:pen])
-            grad_norm = float(np.linalg.norm(grad))
+        self.summed(theta, rows, buf, t, clip)
+        grad, loss, grad_norm = self.regularised(theta, buf, self.denominator(buf, t))
         lr_t = run.schedule(gd.lr, t, gd.max_iter)
         if not (np.isfinite(loss) and np.isfinite(grad_norm)):
             self.diverged(theta, t, loss, lr_t)
         record = {"iter": t, "loss": float(loss), "grad_norm": grad_norm, "lr": float(lr_t)}
         if gd.privacy is not None:
-            record.update(self.privacy_record(buf[p + 2], batch_size, t))
+            record.update(self.privacy_record(buf[run.model.n_params + 2], batch_size, t))
         return grad, loss, lr_t, record
 
     def denominator(self, buf, t):
@@ -86,10 +72,7 @@ class SynchronousGD(Loop):
         gd, run = self.gd, self.run
         p = run.model.n_params
         if gd.privacy is None:
-            if not buf[p + 1] > 0:
-                raise ValueError("sample_weight sums to 0 over the rows of iteration "
-                                 f"{t}: weights must have a positive sum")
-            return buf[p + 1]
+            return self.total_weight(buf, t)
         std = gd.noise_multiplier_ * float(gd.privacy.clip_norm)
         buf[:p] += batches.dp_noise(gd.seed, t, std, p, run.model.frozen)
         return float(gd.privacy.sample_rate) * run.n_global
