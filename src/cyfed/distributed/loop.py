@@ -124,10 +124,11 @@ class Loop:
         run = self.run
         self.gd._store(run.model, theta)
         raise_if_any(run.comm, run.model.non_finite_input(run.data))
+        hint = ("try a smaller learning rate" if self.gd.solver == "gd"
+                else "rescale X or raise l2")
         raise DivergenceError(
             f"training diverged at iteration {t}: the loss or gradient is not finite "
-            f"(loss={loss}, lr={lr_t}); try a smaller learning rate. coef_/intercept_ hold "
-            "the last finite model.")
+            f"(loss={loss}, lr={lr_t}); {hint}. coef_/intercept_ hold the last finite model.")
 
     def state_dict(self):
         """The loop's own state to checkpoint beside theta ({name: array}), or None."""
