@@ -143,6 +143,13 @@ class Model:
         the mean batch loss to losses[i] and the steps to steps[i]."""
         raise NotImplementedError
 
+    def gram(self, data):
+        """(a squared-loss linear model, `data` with targets 0, c) when the Hessian of the
+        mean loss is at most c G, G = [X 1]^T diag(w) [X 1] / W, in the Loewner order --
+        its gradient sums at v are then 2 W G v (`distributed.step_size`); None when no
+        such bound is known."""
+        return None
+
     def predict(self, X, theta, n_threads=None):
         raise NotImplementedError
 
@@ -282,6 +289,12 @@ class LinearModel(Model):
                            theta.astype(data.dtype), corrections, out, losses, steps, self.k,
                            self.fit_intercept, sgd.batch_size, sgd.max_steps, sgd.lr, sgd.l2,
                            sgd.mu, sgd.momentum, sgd.seed, sgd.rnd, sgd.n_threads)
+
+    def gram(self, data):
+        lipschitz = {"squared": 2.0, "logistic": 0.25, "softmax": 0.5}[self.loss]
+        zeros = np.zeros(data.n, dtype=data.dtype)
+        return (LinearModel("squared", self.fit_intercept).bind(self.d, 1),
+                gradients.Problem("squared", data.X, zeros, data.sample_weight), lipschitz)
 
     def predict(self, X, theta, n_threads=None):
         coef, b = self.split(theta)

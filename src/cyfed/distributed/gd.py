@@ -16,6 +16,7 @@ from cyfed.distributed.sync import SynchronousGD
 from cyfed.models import LinearModel, as_model, r2_score
 from cyfed.privacy import DPSGD
 from cyfed.schedules import get_schedule
+from cyfed.standardize import Standardized, feature_moments
 
 
 class DistributedGD:
@@ -46,8 +47,11 @@ class DistributedGD:
         counts L-BFGS iterations; gtol=None means ||g_t|| <= 1e-5 (scipy's pgtol);
         see docs/distributed.md, "L-BFGS: no learning rate".
     lbfgs_memory : int >= 1, the (s, y) pairs L-BFGS keeps (10)
-    lr : float > 0;  lr_schedule : name in `cyfed.schedules.SCHEDULES` or callable
-        (lr, t, max_iter) -> lr_t
+    lr : float > 0 or "auto" -- "auto" takes 1/L, L the Lipschitz constant of the
+        full-batch gradient estimated by a few power-iteration kernel passes
+        (`cyfed.distributed.step_size`); full-batch steps then backtrack (undo a step
+        that raises the loss, reset momentum, halve the rate) so GD never diverges
+    lr_schedule : name in `cyfed.schedules.SCHEDULES` or callable (lr, t, max_iter) -> lr_t
     max_iter : int >= 1, updates unless a tolerance stops earlier
     batch_size : int >= 1 or None (full batch), drawn globally without replacement
     fit_intercept : bool (linear models)
@@ -55,6 +59,10 @@ class DistributedGD:
     momentum : float in [0, 1);  nesterov : bool (PyTorch's SGD convention)
     tol : stop when the relative decrease of the loss falls below tol (or None)
     gtol : stop when ||g_t|| <= gtol (or None)
+    standardize : bool -- train on features scaled to zero mean and unit variance over
+        every rank's rows (scaled only without an intercept), folded into the
+        coefficients so X is never copied; coef_/intercept_ come back in the raw
+        units (`cyfed.standardize`).  The l2 penalty applies to the scaled model.
     seed : int, seeds the batch draws (and DP noise): generators seeded by (seed, t)
     n_threads : OpenMP threads per rank for the kernels (None: OpenMP's default)
     comm : Communicator or None -- None is `cyfed.comm.get_comm()`: MPI's world under
@@ -95,8 +103,8 @@ class DistributedGD:
                  lr_schedule="constant", tol=None, gtol=None, seed=0, n_threads=None,
                  comm=None, checkpoint=None, checkpoint_every=10, resume=False,
                  privacy=None, local_steps=1, overlap=False, compression=None,
-                 error_feedback=False, solver="gd", lbfgs_memory=10):
-        self.solver, self.lbfgs_memory = solver, lbfgs_memory
+                 error_feedback=False, solver="gd", lbfgs_memory=10, standardize=False):
+        self.solver, self.lbfgs_memory, self.standardize = solver, lbfgs_memory, standardize
         self.loss, self.lr, self.max_iter, self.batch_size = loss, lr, max_iter, batch_size
         self.fit_intercept, self.l2 = fit_intercept, l2
         self.momentum, self.nesterov, self.lr_schedule = momentum, nesterov, lr_schedule
@@ -111,7 +119,8 @@ class DistributedGD:
 
     def _check_params(self):
         """Validate the hyper-parameters; the lr schedule."""
-        check.positive_float(self.lr, "lr")
+        if not (isinstance(self.lr, str) and self.lr == "auto"):
+            check.positive_float(self.lr, "lr (a float > 0 or 'auto')")
         check.int_at_least(self.max_iter, "max_iter", 1)
         check.optional_int_at_least(self.batch_size, "batch_size", 1)
         check.in_unit_interval(self.momentum, "momentum")
@@ -126,6 +135,13 @@ class DistributedGD:
         check.int_at_least(self.local_steps, "local_steps (H < 1 is not allowed)", 1)
         check.boolean(self.overlap, "overlap")
         check.boolean(self.fit_intercept, "fit_intercept")
+        check.boolean(self.standardize, "standardize")
+        if self.standardize and not isinstance(as_model(self.loss), LinearModel):
+            raise ValueError("standardize=True needs a linear model (a loss name), got "
+                             f"{type(self.loss).__name__}")
+        if self.standardize and self.privacy is not None:
+            raise ValueError("standardize=True does not combine with privacy: DP-SGD clips "
+                             "per-example gradients of the raw features")
         if self.overlap and self.checkpoint is not None:
             raise ValueError("checkpoint is not supported with overlap=True (the ranks' "
                              "models differ between averages)")
@@ -207,6 +223,8 @@ class DistributedGD:
                 theta, velocity, prev_loss, steps, state = restored
                 if state is not None:
                     loop.load_state_dict(state)
+        if self.solver == "gd" and loop.base_lr is None and len(steps):
+            loop.start(theta, steps[0])
         prev_loss = loop.train(theta, velocity, prev_loss, steps)
         if run.checkpoints is not None:
             loop.save(theta, velocity, prev_loss, True)
@@ -226,6 +244,8 @@ class DistributedGD:
 
         schedule, model, data, threads, top = on_every_rank(comm, check_local_input)
         data, counts, model, _ = training.bind_data(comm, model, data, top)
+        if self.standardize:
+            model = Standardized(model, *feature_moments(comm, data.X, model.fit_intercept))
         n_global, offset = sum(counts), sum(counts[:comm.rank])
         if self.batch_size is not None and self.batch_size > n_global:
             raise ValueError(f"batch_size={self.batch_size} exceeds the {n_global} rows "
@@ -255,6 +275,8 @@ class DistributedGD:
                  "error_feedback")
         if self.solver != "gd":   # gd's fingerprint (and its old checkpoints) unchanged
             names += ("solver", "lbfgs_memory")
+        if self.standardize:
+            names += ("standardize",)
         return {"model": training.describe(as_model(self.loss, self.fit_intercept)),
                 **{n: getattr(self, n) for n in names},
                 "privacy": training.describe(self.privacy),
@@ -284,6 +306,8 @@ class DistributedGD:
                                   steps=self.n_iter_ - self.accountant_.steps)
 
     def _store(self, model, theta):
+        if isinstance(model, Standardized):         # report the model in raw units
+            model, theta = model.inner, model.raw(theta)
         self.model_, self._params = model, np.array(theta, dtype=np.float64)
         if isinstance(model, LinearModel):
             self.coef_, self.intercept_ = model.split(self._params)

@@ -88,7 +88,7 @@ class LocalSGD(Loop):
         sums = np.empty(p)
         lr_sum, loss0, weight0 = 0.0, 0.0, 0.0
         for t in steps:
-            lr_t = run.schedule(gd.lr, t, gd.max_iter)
+            lr_t = self.lr_at(t)
             lr_sum += lr_t
             if error is None and run.data.n:
                 rows = batches.minibatch(gd.seed, t, gd.batch_size, run.n_global, run.offset,
@@ -121,7 +121,7 @@ class LocalSGD(Loop):
         with np.errstate(over="ignore", invalid="ignore"):
             loss = avg[-3] / avg[-2]
             grad_norm = float(np.linalg.norm(avg[:p] - anchor[:p])) / lr_sum
-        lr_t = run.schedule(gd.lr, t0, gd.max_iter)
+        lr_t = self.lr_at(t0)
         if not (np.isfinite(loss) and np.isfinite(grad_norm)):
             self.diverged(anchor[:p].copy(), t0, loss, lr_t)
         anchor[:] = avg[:-3]

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cyfed.comm import raise_if_any
+from cyfed.distributed.step_size import auto_lr
 from cyfed.training import Run
 
 
@@ -32,6 +33,20 @@ class Loop:
 
     def __init__(self, gd, run):
         self.gd, self.run = gd, run
+        self.base_lr = None if gd.lr == "auto" else float(gd.lr)
+
+    def start(self, theta, t):
+        """Collective, before the first step of a fit (not of a resumed one): lr="auto"
+        estimates its rate here (`step_size.auto_lr`)."""
+        if self.base_lr is None:
+            self.base_lr = auto_lr(self, theta, t)
+
+    def lr_at(self, t):
+        """lr_t of the schedule at step t (a schedule reading the history gets it)."""
+        gd, schedule = self.gd, self.run.schedule
+        if getattr(schedule, "uses_history", False):
+            return schedule(self.base_lr, t, gd.max_iter, gd.history_)
+        return schedule(self.base_lr, t, gd.max_iter)
 
     def local_sums(self, theta, rows, buf, clip_norm=None):
         """Kernel sums of this rank's rows into buf: (loss_sum, weight_sum, n_clipped,

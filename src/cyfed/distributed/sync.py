@@ -10,12 +10,14 @@ and every rank applies the same update
 With DP-SGD the batch is a Poisson sample, each example's gradient is clipped
 to C in the kernel, one noise draw shared by every rank is added after the
 Allreduce and the denominator is the expected batch size q N (docs/distributed.md).
+Full-batch steps with lr="auto" are safeguarded by `step_size.Backtracking`.
 """
 import numpy as np
 
 from cyfed import accountant
 from cyfed.distributed import batches
 from cyfed.distributed.loop import Loop
+from cyfed.distributed.step_size import Backtracking
 
 
 class SynchronousGD(Loop):
@@ -28,11 +30,20 @@ class SynchronousGD(Loop):
         if dp is not None and dp.delta is not None:
             self.epsilon_after = accountant.EpsilonCurve(gd.noise_multiplier_,
                                                          float(dp.sample_rate), dp.delta)
+        self.guard = None
+        if gd.lr == "auto" and gd.batch_size is None and dp is None:
+            self.guard = Backtracking(run.data.dtype)
 
     def train(self, theta, velocity, prev_loss, steps):
         buf = np.empty(self.run.model.n_params + 4)
         for t in steps:
             grad, loss, lr_t, record = self.gradient(theta, buf, t)
+            if self.guard is not None:
+                grad, loss, rejected = self.guard.accept(theta, velocity, grad, loss)
+                if rejected:
+                    record.update(loss=loss, grad_norm=float(np.linalg.norm(grad)),
+                                  lr=self.lr_at(t), rejected=True)
+                    lr_t = record["lr"]
             if self.record(record, prev_loss):
                 break
             prev_loss = loss
@@ -41,6 +52,17 @@ class SynchronousGD(Loop):
             if self.save_due(t + 1):
                 self.save(theta, velocity, prev_loss, False)
         return prev_loss
+
+    def lr_at(self, t):
+        return super().lr_at(t) * (self.guard.scale if self.guard is not None else 1.0)
+
+    def state_dict(self):
+        return None if self.guard is None or self.guard.loss is None else {
+            "guard": self.guard.state_dict(), "lr": np.array([self.base_lr])}
+
+    def load_state_dict(self, state):
+        self.guard.load_state_dict(state["guard"])
+        self.base_lr = float(state["lr"][0])
 
     def batch(self, t):
         """(this rank's rows of step t or None for all, the global batch size or None)."""
@@ -58,9 +80,11 @@ class SynchronousGD(Loop):
         clip = None if gd.privacy is None else float(gd.privacy.clip_norm)
         self.summed(theta, rows, buf, t, clip)
         grad, loss, grad_norm = self.regularised(theta, buf, self.denominator(buf, t))
-        lr_t = run.schedule(gd.lr, t, gd.max_iter)
+        lr_t = self.lr_at(t)
         if not (np.isfinite(loss) and np.isfinite(grad_norm)):
-            self.diverged(theta, t, loss, lr_t)
+            if self.guard is None or self.guard.loss is None:
+                self.diverged(theta, t, loss, lr_t)
+            loss = np.inf                   # the safeguard undoes the step
         record = {"iter": t, "loss": float(loss), "grad_norm": grad_norm, "lr": float(lr_t)}
         if gd.privacy is not None:
             record.update(self.privacy_record(buf[run.model.n_params + 2], batch_size, t))
