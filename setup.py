@@ -29,12 +29,12 @@ NO_OPENMP = os.environ.get("CYFED_NO_OPENMP", "") not in ("", "0")
 SRC = os.path.join("src", "cyfed")
 
 # Modules whose speed depends on the vector width: built once per SIMD level.
-HOT_MODULES = ["_losses", "_sgd", "_aggregate", "_compress", "_noise"]
+HOT_MODULES = ["_losses", "_sgd", "_aggregate", "_compress", "_noise", "_hessian"]
 # Modules built once, for the baseline ISA.
 PLAIN_MODULES = ["_cpu"]
 # C headers the kernels include (a change to one rebuilds them).
 HEADERS = [os.path.join(SRC, h) for h in ("_vector_math.h", "_loss_ops.h", "_aggregate_ops.h",
-                                         "_vector_math.pxd")]
+                                         "_hessian_ops.h", "_vector_math.pxd")]
 # Name suffix -> alternative flag sets (the first one the compiler accepts wins).
 SIMD_LEVELS = {
     "_x86_64_v3": [["-march=x86-64-v3"],

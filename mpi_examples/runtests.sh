@@ -10,6 +10,11 @@ for n in 1 2 3 4; do
   grep -q "theta = \[0.73444079 0.18403266\]" <<<"$out"
 done
 run 2 "$here/distributed_logistic.py" --rows 20000 --iters 5
+for n in 1 3; do     # no learning rate: the Newton solvers agree on the optimum
+  out=$(run "$n" "$here/logistic_lbfgs.py" --rows 20000)
+  echo "$out"
+  grep -q "the Newton solvers agree on the optimum" <<<"$out"
+done
 for n in 1 2 3; do
   out=$(run "$n" "$here/federated_seed.py")
   echo "$out"
@@ -28,6 +33,12 @@ one=$(run 1 "$here/federated_custom_model.py" | tail -1)
 three=$(run 3 "$here/federated_custom_model.py" | tail -1)
 echo "$three"
 grep -Eq "^final: test accuracy 0\.[6-9][0-9]*, .*theta sha256 [0-9a-f]{64}$" <<<"$three"
+test "$one" = "$three"
+# cross-validated grids (rows sharded, federated client folds): the same best scores
+one=$(run 1 "$here/grid_search.py" | tail -1)
+three=$(run 3 "$here/grid_search.py" | tail -1)
+echo "$three"
+grep -q "^best scores: " <<<"$three"
 test "$one" = "$three"
 runs=$(mktemp -d)
 timeout 120 mpiexec -n 2 python -m cyfed train --config "$here/train_fedprox.toml" --quiet \

@@ -233,6 +233,20 @@ class Interrupted(Exception):
     """Raised from a fit() callback to stop training as a killed run would."""
 
 
+def solver_problem(loss, n=800, d=5, k=3, seed=0, scales=None):
+    """(X, y, sample weights) of a noisy linear problem for the full-batch solvers:
+    targets (squared), 0/1 labels (logistic) or k classes (softmax); columns of X
+    multiplied by `scales` when given."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d))
+    if scales is not None:
+        X = X * scales
+    z = X @ rng.standard_normal((d, k)) + 0.5 * rng.standard_normal((n, k))
+    y = {"squared": z[:, 0] + 0.3, "logistic": (z[:, 0] > 0).astype(float),
+         "softmax": z.argmax(1).astype(float)}[loss]
+    return X, y, rng.uniform(0.5, 2.0, n)
+
+
 def interrupted_and_resumed(make, data, path, every):
     """(full run, run stopped halfway and resumed from its checkpoint) of the trainer
     `make(**kwargs)` on `data` (the args of fit), checkpointing at `path` every

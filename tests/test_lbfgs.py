@@ -17,6 +17,7 @@ from cyfed.models import CallableModel
 from cyfed.privacy import DPSGD
 
 from reference import interrupted_and_resumed
+from reference import solver_problem as problem
 
 COMM = get_comm()
 TIGHT = dict(solver="lbfgs", max_iter=500, gtol=1e-10)
@@ -26,16 +27,6 @@ def shard(*arrays):
     rows = shard_rows(len(arrays[0]), COMM.rank, COMM.size)
     return [a[rows] for a in arrays]
 
-
-def problem(loss, n=800, d=5, k=3, seed=0, scales=None):
-    rng = np.random.default_rng(seed)
-    X = rng.standard_normal((n, d))
-    if scales is not None:
-        X = X * scales
-    z = X @ rng.standard_normal((d, k)) + 0.5 * rng.standard_normal((n, k))
-    y = {"squared": z[:, 0] + 0.3, "logistic": (z[:, 0] > 0).astype(float),
-         "softmax": z.argmax(1).astype(float)}[loss]
-    return X, y, rng.uniform(0.5, 2.0, n)
 
 
 def objective(loss, X, y, l2, k, w=None, intercept=True):

@@ -126,7 +126,8 @@ def test_a_too_long_step_is_undone_and_training_still_converges(monkeypatch):
 
     monkeypatch.setattr(loop, "auto_lr", lambda *args: 50.0)
     X, y, w = problem("squared")
-    gd = DistributedGD("squared", lr="auto", max_iter=400, comm=LocalComm()).fit(X, y, w)
+    gd = DistributedGD("squared", lr="auto", max_iter=400, tol=1e-12, comm=LocalComm()
+                       ).fit(X, y, w)
     assert any(r.get("rejected") for r in gd.history_)
     best = optimum("squared", X, y, w)
     assert gd.history_[-1]["loss"] <= best.history_[-1]["loss"] * (1 + 1e-8)

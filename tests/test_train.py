@@ -306,3 +306,116 @@ def test_a_file_unreadable_on_one_rank_ends_every_rank(tmp_path):
     proc = subprocess.run([MPIEXEC, "-n", "2", sys.executable, str(script)],
                           capture_output=True, text=True, timeout=60, env=env)
     assert proc.returncode == 2 and "rank 1" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# -- solvers, lr="auto", standardize and [search] (issue 14) -------------------------------------
+
+SEARCH = """
+mode = "distributed"
+loss = "logistic"
+[data]
+path = "scaled.csv"
+[trainer]
+{trainer}
+[search]
+param_grid = {grid}
+cv = {cv}
+"""
+
+
+def badly_scaled_csv(tmp_path, n=400):
+    """A logistic problem with features scaled 0.01..100 (raw: a guessed lr fails)."""
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((n, 4)) * [0.01, 1.0, 100.0, 5.0] + [0, 3, -50, 0]
+    z = (X - X.mean(0)) / X.std(0) @ np.array([1.0, -2.0, 0.5, 1.0])
+    y = (z + rng.logistic(size=n) > 0).astype(float)
+    np.savetxt(tmp_path / "scaled.csv", np.column_stack([X, y]), delimiter=",")
+    return X, y
+
+
+@pytest.mark.parametrize("overrides", [
+    ["trainer.solver=\"newton-cg\""],
+    ["trainer.solver=\"auto\"", "trainer.standardize=true"],
+    ["trainer.lr=\"auto\"", "trainer.standardize=true", "trainer.max_iter=400",
+     "trainer.momentum=0.9", "trainer.nesterov=true"],
+])
+def test_train_needs_no_learning_rate(tmp_path, overrides):
+    """Every learning-rate-free way reaches scikit-learn's accuracy on badly scaled data."""
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = badly_scaled_csv(tmp_path)
+    sets = [arg for o in overrides + ["trainer.l2=1e-3"] for arg in ("--set", o)]
+    proc = cyfed_cli("train", "--mode", "distributed", "--loss", "logistic", "--data",
+                     "scaled.csv", "--quiet", *sets, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    model = load_model(tmp_path / "model.npz")
+    pred = (X @ model["coef"] + float(model["intercept"]) > 0).astype(float)
+    Z = (X - X.mean(0)) / X.std(0) if "trainer.standardize=true" in overrides else X
+    reference = LogisticRegression(C=1 / (1e-3 * len(y)), max_iter=100_000, tol=1e-10).fit(
+        Z, y).score(Z, y)
+    assert np.mean(pred == y) >= reference - 0.005
+
+
+def test_search_table_picks_the_best_candidate_and_trains_it(tmp_path):
+    badly_scaled_csv(tmp_path)
+    config = write(tmp_path, SEARCH.format(trainer="max_iter = 50\nstandardize = true",
+                                           grid='{ lr = [1e-4, "auto"], l2 = [1e-3, 1.0] }',
+                                           cv=4))
+    proc = cyfed_cli("train", "--config", config, "-o", "m.npz", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    import csv
+    with open(tmp_path / "m.search.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 4 and {r["param_lr"] for r in rows} == {"0.0001", "auto"}
+    best = min(rows, key=lambda r: int(r["rank_test_score"]))
+    scores = [float(best[f"split{i}_test_score"]) for i in range(4)]
+    assert float(best["mean_test_score"]) == max(float(r["mean_test_score"]) for r in rows)
+    assert best["param_lr"] == "auto" and np.isfinite(scores).all()
+    assert "best: {'l2': " in proc.stdout
+    trained = json.loads((tmp_path / "m.history.json").read_text())
+    assert len(trained) == 50 and trained[0]["lr"] != 1e-4       # the best lr was trained
+
+
+def test_federated_search_over_strategy_parameters(tmp_path):
+    config = write(tmp_path, FEDERATED + """
+    [search]
+    param_grid = { lr = [0.01, 0.05], strategy__eta = [0.01, 0.1] }
+    cv = 3
+    """)
+    proc = cyfed_cli("train", "--config", config, "-o", "f.npz", "--quiet", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    text = (tmp_path / "f.search.csv").read_text()
+    assert text.count("FedAdam(") == 4 and "eta=0.1" in text
+
+
+@pytest.mark.parametrize("search, message", [
+    ('{ param_grid = { lrr = [1] } }', "did you mean 'lr'"),
+    ('{ param_grid = { lr = 0.1 } }', "non-empty list"),
+    ('{ cv = 3 }', "needs param_grid"),
+    ('{ param_grid = { lr = [0.1] }, folds = 3 }', "unknown key 'folds'"),
+])
+def test_bad_search_tables_exit_2(tmp_path, search, message):
+    proc = cyfed_cli("train", "--config", write(tmp_path, FEDERATED), "-o", tmp_path / "o.npz",
+                     "--set", f"search={search}")
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+
+
+@pytest.mark.skipif(MPIEXEC is None, reason="needs mpiexec")
+def test_search_under_mpiexec_writes_the_same_table(tmp_path):
+    badly_scaled_csv(tmp_path)
+    config = write(tmp_path, SEARCH.format(trainer='solver = "newton-cholesky"',
+                                           grid="{ l2 = [1e-4, 1e-2, 1.0] }", cv=3))
+    tables = []
+    for n_ranks, name in ((1, "a.npz"), (2, "b.npz")):
+        proc = cyfed_cli("train", "--config", config, "-o", name, "--quiet", n_ranks=n_ranks,
+                         cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        with open(tmp_path / name.replace(".npz", ".search.csv")) as fh:
+            tables.append([(r["param_l2"], round(float(r["mean_test_score"]), 10))
+                           for r in csv_rows(fh)])
+    assert tables[0] == tables[1]
+
+
+def csv_rows(fh):
+    import csv
+    return list(csv.DictReader(fh))

@@ -173,7 +173,12 @@ class LocalComm:
 
 
 class MPIComm:
-    """Communicator over an mpi4py communicator (default COMM_WORLD)."""
+    """Communicator over an mpi4py communicator (default COMM_WORLD).  A copy is the
+    same communicator (the same group of processes), so estimators holding one can
+    be deep-copied and cloned."""
+
+    def __deepcopy__(self, memo):
+        return self
 
     def __init__(self, comm=None):
         from mpi4py import MPI

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cyfed import _validation as check
-from cyfed import gradients
+from cyfed import gradients, hessian
 from cyfed._simd import load
 
 _sgd, _ = load("_sgd")
@@ -143,6 +143,31 @@ class Model:
         the mean batch loss to losses[i] and the steps to steps[i]."""
         raise NotImplementedError
 
+    #: Whether curvature / hess_vec_sums / hessian_sums exist (the Newton solvers).
+    second_order = False
+
+    def curvature(self, data, theta, n_threads):
+        """Per-row second-derivative factors of the loss at theta (local, no collective)."""
+        raise NotImplementedError
+
+    def hess_vec_sums(self, data, curv, v, out, n_threads):
+        """out[:n_params] = sum_i w_i (Hessian of l_i) v, from `curvature`'s factors."""
+        raise NotImplementedError
+
+    def hessian_diag_sums(self, data, curv, out):
+        """out[:n_params] = the diagonal of `hessian_sums` (TRON's preconditioner)."""
+        raise NotImplementedError
+
+    def hessian_sums(self, data, curv, out, n_threads):
+        """out (n_params, n_params) = sum_i w_i (Hessian of l_i), from `curvature`'s factors."""
+        raise NotImplementedError
+
+    def gauge(self, penalised):
+        """Index arrays of theta along whose all-ones direction the loss is constant
+        (softmax: the same shift of every class), the coefficients' only when not
+        `penalised`; Newton solves add them to the Hessian to pick the minimum-norm step."""
+        return []
+
     def gram(self, data):
         """(a squared-loss linear model, `data` with targets 0, c) when the Hessian of the
         mean loss is at most c G, G = [X 1]^T diag(w) [X 1] / W, in the Loewner order --
@@ -215,6 +240,19 @@ def _score(pred, y, targets):
 
 # -- the compiled linear models ----------------------------------------------------------
 
+#: Rows per chunk of `LinearModel.hessian_diag_sums`.
+DIAG_CHUNK = 1 << 13
+
+
+def row_curvature(data, curv):
+    """(n, k) diagonal second derivatives of each row's weighted loss in its margins:
+    D_i (squared, logistic) or w_i p_ic (1 - p_ic) (softmax, curv = the probabilities)."""
+    if curv.ndim == 1:
+        return curv[:, None]
+    weights = data.sample_weight if len(data.sample_weight) else np.ones(data.n)
+    return weights[:, None] * curv * (1.0 - curv)
+
+
 class LinearModel(Model):
     """Squared, logistic or softmax linear model on the compiled kernels.
 
@@ -228,6 +266,7 @@ class LinearModel(Model):
         self.targets = {"squared": "real", "logistic": "binary", "softmax": "classes"}[loss]
 
     binary_task = "the logistic loss"
+    second_order = True
 
     def prepare(self, X, y, sample_weight=None):
         return gradients.prepare(self.loss, X, y, sample_weight, allow_empty=True)
@@ -274,11 +313,15 @@ class LinearModel(Model):
         b = np.array(theta[d * k:]) if self.fit_intercept else np.zeros(k)
         return (coef[:, 0], float(b[0])) if k == 1 else (coef, b)
 
-    def sums(self, data, theta, rows, out, n_threads, clip_norm=None):
+    def kernel_params(self, theta, dtype):
+        """(coef (d, k), intercept (k,) or empty without one) of theta in the kernels' dtype."""
         dk = self.d * self.k
-        coef = theta[:dk].reshape(self.d, self.k).astype(data.dtype, copy=False)
-        b = (theta[dk:].astype(data.dtype) if self.fit_intercept
-             else np.empty(0, dtype=data.dtype))
+        coef = theta[:dk].reshape(self.d, self.k).astype(dtype, copy=False)
+        b = theta[dk:].astype(dtype) if self.fit_intercept else np.empty(0, dtype=dtype)
+        return coef, b
+
+    def sums(self, data, theta, rows, out, n_threads, clip_norm=None):
+        coef, b = self.kernel_params(theta, data.dtype)
         if clip_norm is None:
             return (*data.sums(coef, b, rows, out, n_threads), 0)
         return data.clipped_sums(coef, b, rows, out, n_threads, clip_norm)
@@ -289,6 +332,36 @@ class LinearModel(Model):
                            theta.astype(data.dtype), corrections, out, losses, steps, self.k,
                            self.fit_intercept, sgd.batch_size, sgd.max_steps, sgd.lr, sgd.l2,
                            sgd.mu, sgd.momentum, sgd.seed, sgd.rnd, sgd.n_threads)
+
+    def gauge(self, penalised):
+        if self.k == 1:
+            return []
+        rows = range(self.d + 1) if not penalised else range(self.d, self.d + 1)
+        return [np.arange(r * self.k, (r + 1) * self.k) for r in rows
+                if r < self.d or self.fit_intercept]
+
+    def curvature(self, data, theta, n_threads):
+        coef, b = self.kernel_params(theta, data.dtype)
+        return hessian.curvature(data, coef, b, None, n_threads)
+
+    def hess_vec_sums(self, data, curv, v, out, n_threads):
+        coef, b = self.kernel_params(v, data.dtype)
+        hessian.hess_vec_sums(data, curv, coef, b, None, out, n_threads)
+
+    def hessian_sums(self, data, curv, out, n_threads):
+        hessian.hessian_sums(data, curv, None, self.fit_intercept, out, n_threads)
+
+    def hessian_diag_sums(self, data, curv, out):
+        """sum_i D_i x_ij^2 (softmax: w_i p_ic (1 - p_ic) x_ij^2), then the intercept's
+        sum_i D_i, in row chunks (numpy; one pass over X)."""
+        d, k = self.d, self.k
+        D = row_curvature(data, curv)
+        diag = np.zeros((d, k))
+        for start in range(0, data.n, DIAG_CHUNK):
+            rows = slice(start, start + DIAG_CHUNK)
+            diag += np.square(data.X[rows], dtype=np.float64).T @ D[rows]
+        out[:d * k] = diag.ravel()
+        out[d * k:] = D.sum(axis=0) if self.fit_intercept else 0.0
 
     def gram(self, data):
         lipschitz = {"squared": 2.0, "logistic": 0.25, "softmax": 0.5}[self.loss]

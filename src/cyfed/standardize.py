@@ -16,7 +16,7 @@ import copy
 
 import numpy as np
 
-from cyfed.models import LinearModel
+from cyfed.models import LinearModel, row_curvature
 
 #: Rows per chunk of the moment passes (bounds the temporary to CHUNK x d).
 CHUNK = 1 << 14
@@ -93,6 +93,29 @@ class Standardized:
         result = self.inner.sums(data, self.raw(theta), rows, out, n_threads, clip_norm)
         self.pull_back(out)
         return result
+
+    def curvature(self, data, theta, n_threads):
+        return self.inner.curvature(data, self.raw(theta), n_threads)
+
+    def hess_vec_sums(self, data, curv, v, out, n_threads):
+        """S^T H S v."""
+        self.inner.hess_vec_sums(data, curv, self.raw(v), out, n_threads)
+        self.pull_back(out)
+
+    def hessian_sums(self, data, curv, out, n_threads):
+        """S^T H S, S built column by column from `raw` (p is small for this solver)."""
+        self.inner.hessian_sums(data, curv, out, n_threads)
+        S = np.column_stack([self.raw(e) for e in np.eye(len(out))])
+        out[:] = S.T @ out @ S
+
+    def hessian_diag_sums(self, data, curv, out):
+        """The diagonal of S^T H S as if every standardised feature were independent of
+        the curvature: sum_i D_i for every coefficient and the intercept (TRON only
+        preconditions with it)."""
+        d, k = self.inner.d, self.inner.k
+        total = row_curvature(data, curv).sum(axis=0)
+        out[:d * k] = np.tile(total, d)
+        out[d * k:] = total if self.inner.fit_intercept else 0.0
 
     def gram(self, data):
         gram_model, gram_data, lipschitz = self.inner.gram(data)

@@ -28,6 +28,9 @@ Layout (every table optional except what the mode needs)::
     uplink = { name = "TopK", k = 0.01 }   # the gradients; no downlink)
     error_feedback = true
     downlink = { name = "FP16" }
+    [search]                         # optional: cross-validated grid over [trainer] keys
+    param_grid = { lr = [0.01, 0.1, "auto"], l2 = [0.0, 1e-4] }   # or a list of tables
+    cv = 5                           # folds of rows (distributed) or of clients (federated)
     [output]
     model = "runs/demo/model.npz"    # history, config and checkpoint go beside it
     checkpoint_every = 5
@@ -50,7 +53,8 @@ from cyfed.distributed import DistributedGD
 from cyfed.federated import FederatedTrainer
 
 TOP = {"mode", "loss", "data", "trainer", "strategy", "attack", "privacy", "secure_aggregation",
-       "compression", "output"}
+       "compression", "search", "output"}
+SEARCH = {"param_grid", "cv", "shuffle", "seed"}
 COMPRESSION = {"uplink", "error_feedback", "downlink"}
 DATA = {"path", "builtin", "label", "dtype", "delimiter", "header", "partition", "n_clients",
         "alpha", "seed", "test", "test_fraction", "max_bytes"}
@@ -126,7 +130,7 @@ def validate(config):
     if config["mode"] not in MODES:
         raise ConfigError(f"mode must be one of {sorted(MODES)}, got {config['mode']!r}")
     for name in ("data", "trainer", "strategy", "attack", "privacy", "secure_aggregation",
-                 "compression", "output"):
+                 "compression", "search", "output"):
         if not isinstance(config.setdefault(name, {}), dict):
             raise ConfigError(f"[{name}] must be a table")
     _check_keys(config["data"], DATA, "[data]")
@@ -140,6 +144,8 @@ def validate(config):
     _check_keys(config["output"], OUTPUT, "[output]")
     trainer_keys = keyword_names(MODES[config["mode"]]) - NOT_FROM_CONFIG
     _check_keys(config["trainer"], trainer_keys, f"[trainer] ({config['mode']})")
+    if config["search"]:
+        search_options(config["search"], trainer_keys, config["mode"] == "federated")
     if config["mode"] == "federated":
         make_strategy(config["strategy"] or {"name": "FedAvg"})
         if config["attack"]:
@@ -210,6 +216,28 @@ def make_privacy(table, mode):
 def make_secure_aggregation(table):
     """SecureAggregation from the [secure_aggregation] table."""
     return _make(SecureAggregation, table, "secure_aggregation")
+
+
+def search_options(table, trainer_keys=None, federated=True):
+    """GridSearchCV keywords from the [search] table; its grid may only name
+    `trainer_keys` (None: not checked) and, federated, "strategy__<key>" parameters
+    of the [strategy]."""
+    _check_keys(table, SEARCH, "[search]")
+    if "param_grid" not in table:
+        raise ConfigError("[search] needs param_grid = { name = [values, ...], ... }")
+    grid = table["param_grid"]
+    grids = grid if isinstance(grid, list) else [grid]
+    for one in grids:
+        if not isinstance(one, dict) or not one:
+            raise ConfigError("[search] param_grid must be a table of lists, or a list of them")
+        for key, values in one.items():
+            strategy_key = federated and key.startswith("strategy__")
+            if trainer_keys is not None and not strategy_key:
+                _check_keys({key: None}, trainer_keys, "[search] param_grid")
+            if not isinstance(values, list) or not values:
+                raise ConfigError(f"[search] param_grid.{key} must be a non-empty list")
+    options = {k: table[k] for k in ("cv", "shuffle", "seed") if k in table}
+    return {"param_grid": grid, **options}
 
 
 def compression_options(table):

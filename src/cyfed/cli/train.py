@@ -9,16 +9,20 @@ and metrics, for ``cyfed evaluate`` / ``cyfed predict``) and beside it
 MODEL.config.json (the resolved config), MODEL.history.json and .csv (rewritten
 after every round or iteration, so an interrupted run keeps its metrics) and
 MODEL.checkpoint.npz (every ``output.checkpoint_every`` steps; ``--resume``
-continues from it bit-identical).  Exit status: 0 done, 1 training failed,
-2 bad config, data or output.
+continues from it bit-identical).  With a ``[search]`` table the grid is
+cross-validated first (`cyfed.model_selection.GridSearchCV`, no checkpoints),
+its table written to MODEL.search.csv, and the best candidate trained as above.
+Exit status: 0 done, 1 training failed, 2 bad config, data or output.
 """
+import itertools
 import json
 import logging
 import sys
 from pathlib import Path
 
 import cyfed
-from cyfed import io, model_file
+from cyfed import io, model_file, model_selection
+from cyfed._params import clone
 from cyfed.comm import get_comm
 from cyfed.data import shard_rows, split_devices
 from cyfed.comm import on_every_rank
@@ -28,7 +32,8 @@ from cyfed.cli.progress import ProgressBar, setup_logging
 
 log = logging.getLogger("cyfed.train")
 SIDE_FILES = {"config": ".config.json", "history": ".history.json",
-              "history_csv": ".history.csv", "checkpoint": ".checkpoint.npz"}
+              "history_csv": ".history.csv", "checkpoint": ".checkpoint.npz",
+              "search": ".search.csv"}
 
 
 def register(sub):
@@ -150,6 +155,44 @@ def _metrics(record):
     return {k.replace("test_accuracy", "acc"): record[k] for k in keys if k in record}
 
 
+def _strategy_grid(config, grid):
+    """A grid with its "strategy__<key>" lists turned into one list of strategies (every
+    combination of those keys, on top of the [strategy] table)."""
+    keys = [k for k in grid if k.startswith("strategy__")]
+    if not keys:
+        return grid
+    base = config["strategy"] or {"name": "FedAvg"}
+    strategies = [cfg.make_strategy({**base, **{k[10:]: v for k, v in zip(keys, values)}})
+                  for values in itertools.product(*(grid[k] for k in keys))]
+    return {**{k: v for k, v in grid.items() if k not in keys}, "strategy": strategies}
+
+
+def _search(config, trainer, data, out, comm, quiet):
+    """Cross-validate [search]'s grid (collective); set the best candidate on `trainer`
+    and write the grid table to MODEL.search.csv (rank 0)."""
+    options = cfg.search_options(config["search"])
+    grids = options["param_grid"]
+    grids = [_strategy_grid(config, g) for g in (grids if isinstance(grids, list) else [grids])]
+    options["param_grid"] = grids
+    searched = clone(trainer, checkpoint=None, resume=False)
+    search = model_selection.GridSearchCV(searched, refit=False, comm=comm, **options)
+    if config["mode"] == "federated":
+        search.fit(data[0])
+    else:
+        search.fit(*data)
+    trainer.set_params(**search.best_params_)
+    if comm.rank == 0:
+        model_selection.write_cv_results(search.cv_results_, out["search"])
+        if not quiet:
+            rows = [(row, {k[6:]: v for k, v in row.items() if k.startswith("param_")})
+                    for row in search.to_table()]
+            for row, params in rows:
+                print(f"rank {row['rank_test_score']:>3}  score {row['mean_test_score']:.4f}"
+                      f" +- {row['std_test_score']:.4f}  {params}")
+            print(f"best: {rows[search.best_index_][1]} (mean score "
+                  f"{search.best_score_:.4g}); table in {out['search']}")
+
+
 def train(args):
     comm = get_comm()
     try:
@@ -171,6 +214,8 @@ def train(args):
         bar.update(**_metrics(record))
 
     try:
+        if config["search"]:
+            _search(config, trainer, data, out, comm, args.quiet)
         with bar:
             if config["mode"] == "federated":
                 clients, test = data

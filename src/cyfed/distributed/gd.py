@@ -6,12 +6,14 @@ shared `loop.Loop`; docs/distributed.md explains them at length.
 import numpy as np
 
 from cyfed import _validation as check
+from cyfed._params import ParamsMixin
 from cyfed import accountant, checkpoint, compress, gradients, training
 from cyfed.comm import get_comm, on_every_rank
 from cyfed.distributed.compressed import GradientCompression
 from cyfed.distributed.lbfgs import LBFGS
 from cyfed.distributed.local_sgd import LocalSGD
 from cyfed.distributed.loop import GDRun
+from cyfed.distributed.newton import NewtonCholesky, TrustRegionNewton
 from cyfed.distributed.sync import SynchronousGD
 from cyfed.models import LinearModel, as_model, r2_score
 from cyfed.privacy import DPSGD
@@ -19,7 +21,17 @@ from cyfed.schedules import get_schedule
 from cyfed.standardize import Standardized, feature_moments
 
 
-class DistributedGD:
+SOLVERS = ("gd", "lbfgs", "newton-cg", "newton-cholesky", "auto")
+SECOND_ORDER = {"lbfgs": LBFGS, "newton-cg": TrustRegionNewton,
+                "newton-cholesky": NewtonCholesky}
+#: Options of gradient descent the other solvers refuse, with their neutral values.
+FULL_BATCH = {"batch_size": None, "momentum": 0.0, "privacy": None, "local_steps": 1,
+              "overlap": False, "compression": None}
+#: solver="auto" takes exact Newton up to this many parameters (d k + k), L-BFGS above.
+NEWTON_CHOLESKY_MAX_PARAMS = 500
+
+
+class DistributedGD(ParamsMixin):
     """Full-batch or mini-batch gradient descent on data sharded over ranks (SPMD).
 
     Every rank calls ``fit(X_local, y_local)`` with its own shard; step t
@@ -38,14 +50,19 @@ class DistributedGD:
     loss : {"squared", "logistic", "softmax"} or cyfed.models.Model
         A loss name trains the compiled linear model; a `Model` (e.g.
         `cyfed.models.CallableModel`) trains any flat-parameter model.
-    solver : {"gd", "lbfgs"}
-        "gd": the update above.  "lbfgs": full-batch L-BFGS (Nocedal & Wright,
-        Algorithm 7.5) with a strong-Wolfe line search -- no learning rate: lr and
-        lr_schedule are ignored; every trial point of the line search costs one
-        kernel pass and one Allreduce.  Needs batch_size=None, momentum=0,
-        privacy=None, local_steps=1, overlap=False, compression=None.  max_iter
-        counts L-BFGS iterations; gtol=None means ||g_t|| <= 1e-5 (scipy's pgtol);
-        see docs/distributed.md, "L-BFGS: no learning rate".
+    solver : {"gd", "lbfgs", "newton-cg", "newton-cholesky", "auto"}
+        "gd": the update above.  The others need no learning rate (lr and lr_schedule
+        are ignored) and take full-batch steps: "lbfgs" (Nocedal & Wright, Algorithm
+        7.5, strong-Wolfe line search; any model), "newton-cg" (TRON: trust-region
+        Newton with Steihaug CG over fused Hessian-vector products, as LIBLINEAR) and
+        "newton-cholesky" (exact Newton steps from the Hessian built in one fused
+        pass, then the line search), the last two for linear models.  They need
+        batch_size=None, momentum=0, privacy=None, local_steps=1, overlap=False,
+        compression=None; max_iter counts their iterations; gtol=None means
+        ||g_t|| <= 1e-5 (scipy's pgtol).  "auto" takes gd when one of those options
+        is set, newton-cholesky for a linear model of at most
+        NEWTON_CHOLESKY_MAX_PARAMS parameters, else lbfgs (`solver_` tells which).
+        See docs/distributed.md, "Solvers without a learning rate".
     lbfgs_memory : int >= 1, the (s, y) pairs L-BFGS keeps (10)
     lr : float > 0 or "auto" -- "auto" takes 1/L, L the Lipschitz constant of the
         full-batch gradient estimated by a few power-iteration kernel passes
@@ -89,6 +106,7 @@ class DistributedGD:
     coef_ : (d,) or (d, k) float64;  intercept_ : float or (k,) (linear models)
     params_ : (n_params,) float64, the flat parameters (every model)
     model_ : the bound cyfed.models.Model
+    solver_ : the solver that ran (solver="auto" resolved)
     n_iter_ : updates (local steps with H > 1) in the returned model
     history_ : list of dicts: 'iter', 'loss', 'grad_norm', 'lr', 'seconds',
         'bytes_sent', 'bytes_received' (and with privacy 'batch_size',
@@ -181,20 +199,34 @@ class DistributedGD:
             compress.ErrorFeedback(self.compression)        # refuses non-contractive ones
 
     def _check_solver(self):
-        if self.solver not in ("gd", "lbfgs"):
-            raise ValueError(f"solver must be 'gd' or 'lbfgs', got {self.solver!r}")
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {', '.join(map(repr, SOLVERS))}, got "
+                             f"{self.solver!r}")
         check.int_at_least(self.lbfgs_memory, "lbfgs_memory", 1)
-        if self.solver == "gd":
+        if self.solver in ("gd", "auto"):
             return
-        for name, value, needed in (("batch_size", self.batch_size, None),
-                                    ("momentum", self.momentum, 0),
-                                    ("privacy", self.privacy, None),
-                                    ("local_steps", self.local_steps, 1),
-                                    ("overlap", self.overlap, False),
-                                    ("compression", self.compression, None)):
-            if (value is not None) if needed is None else value != needed:
-                raise ValueError(f"solver='lbfgs' needs {name}={needed} (got {value!r}): "
-                                 "L-BFGS takes full-batch steps of its own length")
+        for name, value in self._first_order_options():
+            raise ValueError(f"solver={self.solver!r} needs {name}={FULL_BATCH[name]!r} (got "
+                             f"{value!r}): it takes full-batch steps of its own length")
+        if self.solver.startswith("newton") and not as_model(self.loss).second_order:
+            raise ValueError(f"solver={self.solver!r} needs a linear model (a loss name); "
+                             "use solver='lbfgs' for other models")
+
+    def _first_order_options(self):
+        """[(name, value)] of the options set that only gradient descent supports."""
+        return [(name, getattr(self, name)) for name, needed in FULL_BATCH.items()
+                if getattr(self, name) != needed]
+
+    def _resolve_solver(self, model):
+        """The solver that runs: `solver`, or for "auto" gd when an option needs it,
+        exact Newton for few parameters, else L-BFGS (docs/distributed.md)."""
+        if self.solver != "auto":
+            return self.solver
+        if self._first_order_options():
+            return "gd"
+        if model.second_order and model.n_params <= NEWTON_CHOLESKY_MAX_PARAMS:
+            return "newton-cholesky"
+        return "lbfgs"
 
     # -- training -------------------------------------------------------------
 
@@ -212,8 +244,9 @@ class DistributedGD:
         velocity = np.zeros(run.model.n_params)
         self.history_, self.n_iter_ = [], 0
         prev_loss, steps = None, range(0, self.max_iter)
-        if self.solver == "lbfgs":
-            loop = LBFGS(self, run)
+        self.solver_ = self._resolve_solver(run.model)
+        if self.solver_ in SECOND_ORDER:
+            loop = SECOND_ORDER[self.solver_](self, run)
         else:
             loop = (SynchronousGD if self.local_steps == 1 and not self.overlap else LocalSGD)(
                 self, run)
@@ -223,7 +256,7 @@ class DistributedGD:
                 theta, velocity, prev_loss, steps, state = restored
                 if state is not None:
                     loop.load_state_dict(state)
-        if self.solver == "gd" and loop.base_lr is None and len(steps):
+        if self.solver_ == "gd" and loop.base_lr is None and len(steps):
             loop.start(theta, steps[0])
         prev_loss = loop.train(theta, velocity, prev_loss, steps)
         if run.checkpoints is not None:

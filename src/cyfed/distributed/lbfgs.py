@@ -35,22 +35,9 @@ class LBFGS(Loop):
 
     def __init__(self, gd, run):
         super().__init__(gd, run)
-        self.buf = np.empty(run.model.n_params + 4)
         self.pairs = []             # [(s, y, rho)], oldest first, at most lbfgs_memory
         self.grad = None            # g at the current theta (frozen entries zeroed)
         self.loss = None
-        self.evaluations = 0
-
-    # -- the objective -----------------------------------------------------------
-
-    def evaluate(self, theta, t):
-        """Collective: (loss, g with frozen entries 0, ||g||) at theta -- one kernel
-        pass and one Allreduce.  Non-finite values are returned for the caller."""
-        grad, loss, _ = self.objective(theta, self.buf, t)
-        grad[self.run.model.frozen] = 0
-        self.evaluations += 1
-        with np.errstate(over="ignore", invalid="ignore"):
-            return float(loss), grad, float(np.linalg.norm(grad))
 
     # -- the loop ------------------------------------------------------------------
 
@@ -59,21 +46,17 @@ class LBFGS(Loop):
         gtol = GTOL_DEFAULT if gd.gtol is None else gd.gtol
         if len(steps) == 0:
             return prev_loss
-        if self.grad is None:       # a fresh start (a resumed run has its state already)
-            self.loss, self.grad, norm = self.evaluate(theta, steps[0])
-            if not (np.isfinite(self.loss) and np.isfinite(norm)):
-                self.diverged(theta, steps[0], self.loss, 0.0)
-            if norm <= gtol:
-                return self.loss
+        # a fresh start (a resumed run has its state already)
+        if self.grad is None and self.start_point(theta, steps[0], gtol):
+            return self.loss
         for t in steps:
-            direction = self.direction()
+            direction = self.direction(theta, t)
             slope = float(self.grad @ direction)
             if not slope < 0:       # lost descent to rounding: restart from -g
                 self.pairs.clear()
                 direction = -self.grad
                 slope = -float(self.grad @ self.grad)
-            first = 1.0 / np.sqrt(-slope) if not self.pairs else 1.0
-            found = self.line_search(theta, direction, slope, first, t)
+            found = self.line_search(theta, direction, slope, self.first_step(slope), t)
             if found is None:
                 record = {"iter": t, "loss": self.loss,
                           "grad_norm": float(np.linalg.norm(self.grad)), "lr": 0.0,
@@ -94,7 +77,11 @@ class LBFGS(Loop):
                 self.save(theta, velocity, self.loss, False)
         return self.loss
 
-    def direction(self):
+    def first_step(self, slope):
+        """The line search's first trial: 1, or 1/sqrt(-g'd) before any curvature pair."""
+        return 1.0 / np.sqrt(-slope) if not self.pairs else 1.0
+
+    def direction(self, theta, t):
         """-H g by the two-loop recursion (frozen entries 0, as in every pair)."""
         q = self.grad.copy()
         alphas = []

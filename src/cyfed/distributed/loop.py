@@ -34,6 +34,7 @@ class Loop:
     def __init__(self, gd, run):
         self.gd, self.run = gd, run
         self.base_lr = None if gd.lr == "auto" else float(gd.lr)
+        self.evaluations = 0        # full-objective passes (`evaluate`)
 
     def start(self, theta, t):
         """Collective, before the first step of a fit (not of a resumed one): lr="auto"
@@ -106,6 +107,31 @@ class Loop:
         self.summed(theta, None, buf, t)
         return self.regularised(theta, buf, self.total_weight(buf, t))
 
+    def evaluate(self, theta, t):
+        """Collective: (loss, g with frozen entries 0, ||g||) of the full-batch objective
+        at theta -- one kernel pass and one Allreduce, counted in `evaluations`.
+        Non-finite values are returned for the caller."""
+        buf = np.empty(self.run.model.n_params + 4)
+        grad, loss, _ = self.objective(theta, buf, t)
+        grad[self.run.model.frozen] = 0
+        self.evaluations += 1
+        with np.errstate(over="ignore", invalid="ignore"):
+            return float(loss), grad, float(np.linalg.norm(grad))
+
+    def start_point(self, theta, t, gtol):
+        """Collective: the loss and gradient at the start into self.loss / self.grad (a
+        non-finite one is divergence); whether theta already satisfies gtol."""
+        self.loss, self.grad, norm = self.evaluate(theta, t)
+        if not (np.isfinite(self.loss) and np.isfinite(norm)):
+            self.diverged(theta, t, self.loss, 0.0)
+        return norm <= gtol
+
+    def data_weight(self):
+        """Collective: W, the sum of the sample weights over every rank's rows."""
+        data = self.run.data
+        local = float(np.sum(data.sample_weight)) if len(data.sample_weight) else data.n
+        return float(self.run.comm.allreduce_sum(np.array([local]))[0])
+
     def step(self, grad, velocity, theta, lr_t):
         """theta <- theta - lr_t step, step by the momentum rule (PyTorch's SGD):
         v <- momentum v + g;  step = g + momentum v (Nesterov), v, or g without momentum.
@@ -139,7 +165,7 @@ class Loop:
         run = self.run
         self.gd._store(run.model, theta)
         raise_if_any(run.comm, run.model.non_finite_input(run.data))
-        hint = ("try a smaller learning rate" if self.gd.solver == "gd"
+        hint = ("try a smaller learning rate" if self.gd.solver_ == "gd"
                 else "rescale X or raise l2")
         raise DivergenceError(
             f"training diverged at iteration {t}: the loss or gradient is not finite "

@@ -38,13 +38,14 @@ class SynchronousGD(Loop):
         buf = np.empty(self.run.model.n_params + 4)
         for t in steps:
             grad, loss, lr_t, record = self.gradient(theta, buf, t)
+            rejected = False
             if self.guard is not None:
                 grad, loss, rejected = self.guard.accept(theta, velocity, grad, loss)
                 if rejected:
                     record.update(loss=loss, grad_norm=float(np.linalg.norm(grad)),
                                   lr=self.lr_at(t), rejected=True)
                     lr_t = record["lr"]
-            if self.record(record, prev_loss):
+            if self.record(record, None if rejected else prev_loss):   # no tol on an undo
                 break
             prev_loss = loss
             self.step(grad, velocity, theta, lr_t)

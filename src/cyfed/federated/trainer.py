@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cyfed import _validation as check
+from cyfed._params import ParamsMixin
 from cyfed import checkpoint, compress, gradients, training
 from cyfed.attacks import Attack
 from cyfed.comm import on_every_rank
@@ -62,7 +63,7 @@ class FedRun(training.Run):
                 for key, value in self.model.evaluate(X, y, theta, self.threads).items()}
 
 
-class FederatedTrainer:
+class FederatedTrainer(ParamsMixin):
     """Run federated rounds of `strategy` (FedAvg, FedSGD, FedProx, Scaffold, ...).
 
     Parameters
