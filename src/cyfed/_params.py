@@ -122,6 +122,13 @@ class ParamsMixin:
         """Set constructor parameters (nested ones as ``name__key``); returns self."""
         return set_params(self, **params)
 
+    def __sklearn_tags__(self):
+        """scikit-learn's estimator tags (its tools ask for them): a supervised estimator
+        of 2-d arrays, scored by its own `score`.  Only called by scikit-learn."""
+        from sklearn.utils import Tags, TargetTags
+
+        return Tags(estimator_type=None, target_tags=TargetTags(required=True))
+
     def __repr__(self):
         defaults = {name: p.default
                     for name, p in inspect.signature(type(self).__init__).parameters.items()}
