@@ -59,12 +59,14 @@ class DistributedGD(ParamsMixin):
         pass, then the line search), the last two for linear models.  They need
         batch_size=None, momentum=0, privacy=None, local_steps=1, overlap=False,
         compression=None; max_iter counts their iterations; gtol=None means
-        ||g_t|| <= 1e-5 (scipy's pgtol).  "auto" takes gd when one of those options
-        is set, newton-cholesky for a linear model of at most
-        NEWTON_CHOLESKY_MAX_PARAMS parameters, else lbfgs (`solver_` tells which).
+        ||g_t|| <= 1e-5 (scipy's pgtol).  "auto" (the default) takes gd when one of
+        those options is set or a learning rate `lr` is given, newton-cholesky for a
+        linear model of at most NEWTON_CHOLESKY_MAX_PARAMS parameters, else lbfgs
+        (`solver_` tells which) -- so data and a loss alone get a solved model.
         See docs/distributed.md, "Solvers without a learning rate".
     lbfgs_memory : int >= 1, the (s, y) pairs L-BFGS keeps (10)
-    lr : float > 0 or "auto" -- "auto" takes 1/L, L the Lipschitz constant of the
+    lr : float > 0, "auto" or None -- gradient descent's rate; "auto" (and None with
+        solver="gd") takes 1/L, L the Lipschitz constant of the
         full-batch gradient estimated by a few power-iteration kernel passes
         (`cyfed.distributed.step_size`); full-batch steps then backtrack (undo a step
         that raises the loss, reset momentum, halve the rate) so GD never diverges
@@ -116,12 +118,12 @@ class DistributedGD(ParamsMixin):
     noise_multiplier_, accountant_ : with privacy, z and the RDP accountant
     """
 
-    def __init__(self, loss="squared", *, lr=0.01, max_iter=100, batch_size=None,
+    def __init__(self, loss="squared", *, lr=None, max_iter=100, batch_size=None,
                  fit_intercept=True, l2=0.0, momentum=0.0, nesterov=False,
                  lr_schedule="constant", tol=None, gtol=None, seed=0, n_threads=None,
                  comm=None, checkpoint=None, checkpoint_every=10, resume=False,
                  privacy=None, local_steps=1, overlap=False, compression=None,
-                 error_feedback=False, solver="gd", lbfgs_memory=10, standardize=False):
+                 error_feedback=False, solver="auto", lbfgs_memory=10, standardize=False):
         self.solver, self.lbfgs_memory, self.standardize = solver, lbfgs_memory, standardize
         self.loss, self.lr, self.max_iter, self.batch_size = loss, lr, max_iter, batch_size
         self.fit_intercept, self.l2 = fit_intercept, l2
@@ -137,8 +139,8 @@ class DistributedGD(ParamsMixin):
 
     def _check_params(self):
         """Validate the hyper-parameters; the lr schedule."""
-        if not (isinstance(self.lr, str) and self.lr == "auto"):
-            check.positive_float(self.lr, "lr (a float > 0 or 'auto')")
+        if not self.auto_lr:
+            check.positive_float(self.lr, "lr (a float > 0, 'auto' or None)")
         check.int_at_least(self.max_iter, "max_iter", 1)
         check.optional_int_at_least(self.batch_size, "batch_size", 1)
         check.in_unit_interval(self.momentum, "momentum")
@@ -198,6 +200,11 @@ class DistributedGD(ParamsMixin):
         if self.error_feedback:
             compress.ErrorFeedback(self.compression)        # refuses non-contractive ones
 
+    @property
+    def auto_lr(self):
+        """Whether gradient descent estimates its rate (lr="auto" or None)."""
+        return self.lr is None or (isinstance(self.lr, str) and self.lr == "auto")
+
     def _check_solver(self):
         if self.solver not in SOLVERS:
             raise ValueError(f"solver must be one of {', '.join(map(repr, SOLVERS))}, got "
@@ -222,7 +229,7 @@ class DistributedGD(ParamsMixin):
         exact Newton for few parameters, else L-BFGS (docs/distributed.md)."""
         if self.solver != "auto":
             return self.solver
-        if self._first_order_options():
+        if self._first_order_options() or self.lr is not None:
             return "gd"
         if model.second_order and model.n_params <= NEWTON_CHOLESKY_MAX_PARAMS:
             return "newton-cholesky"

@@ -33,7 +33,7 @@ class Loop:
 
     def __init__(self, gd, run):
         self.gd, self.run = gd, run
-        self.base_lr = None if gd.lr == "auto" else float(gd.lr)
+        self.base_lr = None if gd.auto_lr else float(gd.lr)
         self.evaluations = 0        # full-objective passes (`evaluate`)
 
     def start(self, theta, t):

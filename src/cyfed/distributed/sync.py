@@ -31,7 +31,7 @@ class SynchronousGD(Loop):
             self.epsilon_after = accountant.EpsilonCurve(gd.noise_multiplier_,
                                                          float(dp.sample_rate), dp.delta)
         self.guard = None
-        if gd.lr == "auto" and gd.batch_size is None and dp is None:
+        if gd.auto_lr and gd.batch_size is None and dp is None:
             self.guard = Backtracking(run.data.dtype)
 
     def train(self, theta, velocity, prev_loss, steps):
