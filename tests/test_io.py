@@ -1,5 +1,11 @@
 """Data loading (cyfed.io): every format against hand-written files, rank slicing,
-located errors, clients on disk and the built-in data sets."""
+located errors, clients on disk and the built-in data sets; class-name labels,
+missing values, delimiters, compression and LIBSVM indexing."""
+import bz2
+import copy
+import gzip
+import lzma
+import pickle
 import subprocess
 import sys
 
@@ -7,7 +13,8 @@ import numpy as np
 import pytest
 
 from cyfed.data import make_fedprox_synthetic, shard_rows
-from cyfed.io import (BUILTINS, builtin, load, load_clients, load_xy, save_clients)
+from cyfed.io import (BUILTINS, LabeledData, builtin, load, load_clients, load_xy, relabel,
+                      save_clients)
 
 # Five rows, three features and a label (last column) in every format below.
 TABLE = np.array([[1.0, 2.0, 3.0, 0.0],
@@ -97,8 +104,10 @@ def test_missing_file_names_the_path(tmp_path):
 
 
 def test_unknown_extension_lists_the_supported_ones(tmp_path):
-    with pytest.raises(ValueError, match=r"'\.parquet'.*\.npy.*\.csv.*\.libsvm"):
-        load(write(tmp_path, "data.parquet", "1,2\n"))
+    path = tmp_path / "data.parquet"
+    path.write_bytes(b"PAR1\x15\x04\x15\x00\x00\xff\xfePAR1")        # not delimited text
+    with pytest.raises(ValueError, match=r"'\.parquet'.*\.npy.*\.csv.*\.libsvm.*\.gz"):
+        load(path)
 
 
 # -- .npy / .npz ----------------------------------------------------------------------------
@@ -225,8 +234,9 @@ def test_csv_delimiters_crlf_and_bom(tmp_path):
 
 @pytest.mark.parametrize("text,line,column,match", [
     ("a,b,c\n1,2,3\n4,x5,6\n", 3, 3, "field 2 is 'x5', not a number"),
-    ("a,b,c\n1,2,3\n\n4, 5,  oops\n", 4, 8, "field 3 is 'oops'"),
-    ("a,b,c\n1,2,3\n4,,6\n", 3, 3, "field 2 is ''"),
+    ("a,b,c\n1,2,3\n\n4, 5,  oops\n", 4, 8, "label 'oops' is not a number, but "),
+    ("a,b,c\n1,x,3\n", 2, 3, "field 2 is 'x', not a number"),
+    ("a,b,c\n1,2,3\n4,,6\n", 3, 3, "missing value (the first of 1 missing value in 1 row)"),
     ("a,b,c\n1,2,3\n4,5,6,7\n", 3, 7, "expected 3 fields, got 4"),
     ("a,b,c\n1,2,3\n4,5\n", 3, 4, "expected 3 fields, got 2"),
     ("1,2,3\n4,5,nan\n7,8,9,\n", 3, 7, "expected 3 fields, got 4"),
@@ -294,12 +304,12 @@ def test_libsvm_densifying_beyond_max_bytes_is_refused(tmp_path):
 @pytest.mark.parametrize("text,line,column,match", [
     ("1 1:1\nyes 1:2\n", 2, 1, "label 'yes' is not a number"),
     ("1 1:1\n1 1:2   3\n", 2, 9, "expected index:value, got '3'"),
-    ("1 1:1\n1 0:2\n", 2, 3, "1-based"),
-    ("1 1:1\n\n1  x:2\n", 3, 4, "must be an integer >= 1"),
+    ("1 1:1\n1 -1:2\n", 2, 3, "must be an integer >= 0"),
+    ("1 1:1\n\n1  x:2\n", 3, 4, "must be an integer >= 0"),
     ("1 1:1\n1 2:1 2:3\n", 2, 7, "feature index 2 follows 2"),
     ("1 3:1 1:1\n", 1, 7, "feature index 1 follows 3"),
     ("# c\n1 1:1 2:abc # x\n", 2, 7, "value in '2:abc' is not a number"),
-    ("1 qid:3 1:1\n", 1, 3, "must be an integer >= 1"),
+    ("1 qid:3 1:1\n", 1, 3, "must be an integer >= 0"),
 ])
 def test_libsvm_errors_are_located(tmp_path, text, line, column, match):
     path = write(tmp_path, "bad.svm", text)
@@ -491,3 +501,316 @@ def test_label_none_reads_every_column_as_a_feature(tmp_path):
         assert y is None
     X, y = load(tmp_path / "a.npy", label=None, rank=1, size=2)
     np.testing.assert_array_equal(X, A[2:])
+
+
+# -- class-name labels -----------------------------------------------------------------------
+
+YES_NO = "x1,x2,answer\n1,2,yes\n3,4,no\n5,6,yes\n7,8,maybe\n"
+
+
+def test_text_labels_are_coded_with_sorted_classes(tmp_path):
+    data = load(write(tmp_path, "t.csv", YES_NO), label="answer")
+    X, y = data                                      # still unpacks as (X, y)
+    assert isinstance(data, LabeledData) and data.X is X and data.y is y
+    np.testing.assert_array_equal(data.classes, ["maybe", "no", "yes"])     # np.unique order
+    np.testing.assert_array_equal(y, [2, 1, 2, 0])
+    np.testing.assert_array_equal(X, [[1, 2], [3, 4], [5, 6], [7, 8]])
+    np.testing.assert_array_equal(data.labels(), ["yes", "no", "yes", "maybe"])
+
+
+def test_numeric_labels_have_no_classes(table_file):
+    data = load(table_file)
+    assert data.classes is None
+    np.testing.assert_array_equal(data.labels(), Y_TABLE)
+
+
+def test_text_labels_without_header_quoted_and_by_index(tmp_path):
+    path = write(tmp_path, "t.csv", '1,2,"yes"\n3,4, no\n5,6,yes\n')
+    data = load(path)                          # a text label alone is not a header
+    assert data.X.shape == (3, 2)
+    np.testing.assert_array_equal(data.classes, ["no", "yes"])
+    np.testing.assert_array_equal(data.y, [1, 0, 1])
+    first = load(write(tmp_path, "f.csv", "label,a\ncat,1\ndog,2\n"), label=0)
+    np.testing.assert_array_equal(first.classes, ["cat", "dog"])
+    np.testing.assert_array_equal(first.X, [[1], [2]])
+
+
+def test_every_rank_codes_with_the_classes_of_every_row(tmp_path):
+    path = write(tmp_path, "t.csv", YES_NO)
+    parts = [load(path, label="answer", rank=r, size=3) for r in range(3)]
+    for part in parts:
+        np.testing.assert_array_equal(part.classes, ["maybe", "no", "yes"])
+    np.testing.assert_array_equal(np.concatenate([p.y for p in parts]), [2, 1, 2, 0])
+
+
+def test_labeled_data_pickles_and_copies(tmp_path):
+    data = load(write(tmp_path, "t.csv", YES_NO), label="answer", dtype="float32")
+    for again in (pickle.loads(pickle.dumps(data)), copy.deepcopy(data), copy.copy(data)):
+        assert isinstance(again, LabeledData) and len(again) == 2
+        np.testing.assert_array_equal(again.X, data.X)
+        np.testing.assert_array_equal(again.classes, data.classes)
+
+
+def test_label_column_mixing_numbers_and_text_is_located(tmp_path):
+    path = write(tmp_path, "t.csv", "a,b\n1,0\n2,1\n3,yes\n")
+    with located(path, 4, 3) as error:
+        load(path)
+    assert f"label 'yes' is not a number, but {path}:2:3 is '0'" in str(error.value)
+
+
+def test_npz_string_labels(tmp_path):
+    np.savez(tmp_path / "t.npz", X=X_TABLE, y=np.array(["b", "a", "b", "c", "a"]))
+    data = load(tmp_path / "t.npz")
+    np.testing.assert_array_equal(data.classes, ["a", "b", "c"])
+    np.testing.assert_array_equal(data.y, [1, 0, 1, 2, 0])
+
+
+def test_relabel_codes_by_given_classes_and_names_unknown_labels(tmp_path):
+    data = load(write(tmp_path, "t.csv", "a,y\n1,yes\n2,yes\n"), label="y")
+    assert data.y.tolist() == [0, 0]                        # its own classes: ["yes"]
+    again = relabel(data, np.array(["no", "yes"]))
+    np.testing.assert_array_equal(again.y, [1, 1])
+    np.testing.assert_array_equal(again.classes, ["no", "yes"])
+    assert again.y.dtype == data.y.dtype
+    with pytest.raises(ValueError, match=r"^t.csv: label 'yes' is not a class of m.npz "
+                                         r"\(classes: cat, dog\)"):
+        relabel(data, ["cat", "dog"], "m.npz", source="t.csv")
+    numeric = load(write(tmp_path, "n.csv", "a,y\n1,0\n2,1\n"))
+    assert relabel(numeric, ["no", "yes"]) is numeric
+
+
+def test_clients_keep_class_names(tmp_path):
+    path = write(tmp_path, "t.csv", "a,y\n" + "".join(f"{i},{'ab'[i % 2]}\n" for i in range(20)))
+    clients = load_clients(path, partition="iid", n_clients=4, label="y")
+    assert all(list(c.classes) == ["a", "b"] for c in clients)
+    with pytest.raises(ValueError, match="npy client files hold numbers only"):
+        save_clients(clients, tmp_path / "npy", "npy")
+    save_clients(clients, tmp_path / "dir")
+    assert np.load(tmp_path / "dir" / "client_000.npz")["y"].dtype.kind == "U"
+    for before, after in zip(clients, load_clients(tmp_path / "dir")):
+        np.testing.assert_array_equal(after.labels(), before.labels())
+
+
+def test_directory_clients_share_the_union_of_classes(tmp_path):
+    write(tmp_path, "a.csv", "x,y\n1,dog\n2,dog\n")
+    write(tmp_path, "b.csv", "x,y\n3,cat\n4,emu\n")
+    a, b = load_clients(tmp_path)
+    np.testing.assert_array_equal(a.classes, ["cat", "dog", "emu"])
+    np.testing.assert_array_equal(a.y, [1, 1])
+    np.testing.assert_array_equal(b.y, [0, 2])
+    write(tmp_path, "c.csv", "x,y\n5,1\n")
+    with pytest.raises(ValueError, match="c.csv: numeric labels, but a.csv has class names"):
+        load_clients(tmp_path)
+
+
+# -- missing values --------------------------------------------------------------------------
+
+MISSING_TEXT = "a,b,y\n1,2,0\n3,,1\n5,NA,0\n,8,1\n9,10,\n"
+
+
+def test_missing_values_are_refused_with_the_count_and_the_first(tmp_path):
+    path = write(tmp_path, "m.csv", MISSING_TEXT)
+    with located(path, 3, 3) as error:
+        load(path)
+    message = str(error.value)
+    assert "missing value (the first of 4 missing values in 4 rows)" in message
+    assert 'missing="drop"' in message and 'missing="mean"' in message
+
+
+def test_missing_drop_drops_every_row_with_one(tmp_path):
+    X, y = load(write(tmp_path, "m.csv", MISSING_TEXT), missing="drop")
+    np.testing.assert_array_equal(X, [[1, 2]])
+    np.testing.assert_array_equal(y, [0])
+
+
+def test_missing_mean_imputes_features_and_refuses_missing_labels(tmp_path):
+    path = write(tmp_path, "m.csv", MISSING_TEXT)
+    with located(path, 6, 6) as error:
+        load(path, missing="mean")
+    assert "missing label (1 row without one); labels are never imputed" in str(error.value)
+    X, y = load(write(tmp_path, "f.csv", MISSING_TEXT.rsplit("9", 1)[0]), missing="mean")
+    np.testing.assert_array_equal(X, [[1, 2], [3, 5], [5, 5], [3, 8]])
+    np.testing.assert_array_equal(y, [0, 1, 0, 1])
+
+
+@pytest.mark.parametrize("marker", ["", " ", "NA", "N/A", "nan", "NaN", "NULL", "None", "<NA>"])
+def test_missing_markers(tmp_path, marker):
+    path = write(tmp_path, "m.csv", f"a,b,y\n1,{marker},0\n3,4,1\n")
+    with located(path, 2, 3 + len(marker) - len(marker.lstrip())):    # after blanks
+        load(path)
+    np.testing.assert_array_equal(load(path, missing="drop")[0], [[3, 4]])
+
+
+def test_missing_text_labels_are_dropped(tmp_path):
+    data = load(write(tmp_path, "m.csv", "a,y\n1,yes\n2,\n3,no\n4,maybe\n"), missing="drop")
+    np.testing.assert_array_equal(data.classes, ["maybe", "no", "yes"])
+    np.testing.assert_array_equal(data.y, [2, 1, 0])
+
+
+def test_classes_only_in_dropped_rows_are_dropped(tmp_path):
+    data = load(write(tmp_path, "m.csv", "a,y\n1,yes\n,maybe\n3,no\n"), missing="drop")
+    np.testing.assert_array_equal(data.classes, ["no", "yes"])
+    np.testing.assert_array_equal(data.y, [1, 0])
+
+
+def test_missing_drop_then_ranks_split_the_rows_left(tmp_path):
+    path = write(tmp_path, "m.csv", MISSING_TEXT + "11,12,1\n13,14,0\n")
+    parts = [load(path, missing="drop", rank=r, size=2) for r in range(2)]
+    np.testing.assert_array_equal(np.concatenate([X for X, _ in parts]),
+                                  [[1, 2], [11, 12], [13, 14]])
+
+
+def test_missing_mean_is_over_every_rank_rows(tmp_path):
+    path = write(tmp_path, "m.csv", "a,y\n,0\n2,1\n4,0\n6,1\n")
+    X0, _ = load(path, missing="mean", rank=0, size=2)
+    np.testing.assert_array_equal(X0, [[4], [2]])
+
+
+@pytest.mark.parametrize("text,match", [
+    ("a,b,y\n1,,0\n2,,1\n", "feature column 1 .* no values to average"),
+    ("a,y\n,0\n2,\n", 'nothing is left after missing="drop"'),
+])
+def test_missing_options_with_nothing_left(tmp_path, text, match):
+    path = write(tmp_path, "m.csv", text)
+    option = "mean" if "average" in match else "drop"
+    with pytest.raises(ValueError, match=match):
+        load(path, missing=option)
+
+
+def test_missing_option_is_checked(tmp_path):
+    with pytest.raises(ValueError, match="missing must be one of None, 'drop', 'mean'"):
+        load(write(tmp_path, "t.csv", CSV_TEXT), missing="zero")
+    with pytest.raises(ValueError, match="zero_based must be one of"):
+        load(write(tmp_path, "t.svm", SVM_TEXT), zero_based="yes")
+
+
+def test_missing_in_npy_and_npz(tmp_path):
+    table = TABLE.copy()
+    table[3, 1] = np.nan
+    np.save(tmp_path / "t.npy", table)
+    with pytest.raises(ValueError, match=r"t.npy: row 3, column 1 \(0-based\): missing value"):
+        load(tmp_path / "t.npy", rank=1, size=2)            # this rank's rows: 3 and 4
+    load(tmp_path / "t.npy", rank=0, size=2)                # rows 0-2 have none
+    X, y = load(tmp_path / "t.npy", missing="drop")
+    np.testing.assert_array_equal(X, np.delete(X_TABLE, 3, axis=0))
+    np.savez(tmp_path / "t.npz", X=table[:, :3], y=np.array([0, 1, np.nan, 1, 2]))
+    with pytest.raises(ValueError, match=r"t.npz: row 2, y: missing value \(the first of 2"):
+        load(tmp_path / "t.npz")
+    assert load(tmp_path / "t.npz", missing="drop")[0].shape == (3, 3)
+
+
+# -- delimiters and compression --------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["t.tsv", "t.tab", "t.TSV"])
+def test_tab_separated_files(tmp_path, name):
+    path = write(tmp_path, name, CSV_TEXT.replace(",", "\t"))
+    for kwargs in ({}, {"delimiter": "\t"}):
+        X, y = load(path, **kwargs)
+        np.testing.assert_array_equal(X, X_TABLE)
+        np.testing.assert_array_equal(y, Y_TABLE)
+
+
+@pytest.mark.parametrize("sep", [";", "\t", "|", " ", "   "])
+def test_other_text_files_are_sniffed(tmp_path, sep):
+    for name in ("t.txt", "t.dat", "table"):
+        X, y = load(write(tmp_path, name, CSV_TEXT.replace(",", sep)))
+        np.testing.assert_array_equal(X, X_TABLE)
+        np.testing.assert_array_equal(y, Y_TABLE)
+
+
+def test_aligned_columns_and_quoted_fields(tmp_path):
+    aligned = load(write(tmp_path, "w.txt", "  a    b   label\n  1.5  2   x\n  3  4.25  y\n"),
+                   label="label")
+    np.testing.assert_array_equal(aligned.X, [[1.5, 2], [3, 4.25]])
+    np.testing.assert_array_equal(aligned.classes, ["x", "y"])
+    r_style = load(write(tmp_path, "r.csv", '"","x1","y"\n"1",0.5,"yes"\n"2",NA,"no"\n'),
+                   label="y", missing="mean")                   # R's write.csv
+    np.testing.assert_array_equal(r_style.X, [[1, 0.5], [2, 0.5]])
+    np.testing.assert_array_equal(r_style.labels(), ["yes", "no"])
+
+
+def test_text_that_is_not_data_keeps_the_unknown_extension_error(tmp_path):
+    with pytest.raises(ValueError, match="README: no extension, and the content is neither"):
+        load(write(tmp_path, "README", "This is a readme.\nIt has words, not data.\n"))
+
+
+def test_unknown_extension_with_libsvm_content(tmp_path):
+    X, y = load(write(tmp_path, "a9a.t", SVM_TEXT))
+    np.testing.assert_array_equal(X, X_TABLE)
+
+
+def test_explicit_delimiter_reads_any_extension(tmp_path):
+    X, _ = load(write(tmp_path, "t.data", "1:2:3\n4:5:6\n"), delimiter=":")
+    np.testing.assert_array_equal(X, [[1, 2], [4, 5]])
+
+
+@pytest.mark.parametrize("suffix,compress", [(".gz", gzip.compress), (".bz2", bz2.compress),
+                                              (".xz", lzma.compress)])
+@pytest.mark.parametrize("name,text", [("t.csv", CSV_TEXT),
+                                       ("t.tsv", CSV_TEXT.replace(",", "\t")),
+                                       ("t.txt", CSV_TEXT.replace(",", ";")),
+                                       ("t.libsvm", SVM_TEXT)])
+def test_compressed_text_files(tmp_path, suffix, compress, name, text):
+    path = tmp_path / (name + suffix)
+    path.write_bytes(compress(text.encode()))
+    X, y = load(path)
+    np.testing.assert_array_equal(X, X_TABLE)
+    np.testing.assert_array_equal(y, Y_TABLE)
+
+
+def test_compressed_errors_are_located_and_corrupt_files_named(tmp_path):
+    path = tmp_path / "bad.csv.gz"
+    path.write_bytes(gzip.compress(b"a,b\n1,2\n3,x\n"))
+    with located(path, 3, 3):
+        load(path)
+    (tmp_path / "junk.csv.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(ValueError, match=r"junk.csv.gz: cannot decompress as .gz"):
+        load(tmp_path / "junk.csv.gz")
+    (tmp_path / "t.npy.gz").write_bytes(gzip.compress(b"x"))
+    with pytest.raises(ValueError, match=r"t.npy.gz: a .npy file cannot be read .gz-compressed"):
+        load(tmp_path / "t.npy.gz")
+
+
+def test_directory_of_compressed_clients(tmp_path):
+    (tmp_path / "a.csv.gz").write_bytes(gzip.compress(b"x,y\n1,0\n"))
+    write(tmp_path, "b.csv", "x,y\n2,1\n")
+    (X0, _), (X1, _) = load_clients(tmp_path)
+    np.testing.assert_array_equal(X0, [[1]])
+    np.testing.assert_array_equal(X1, [[2]])
+
+
+# -- LIBSVM indexing -------------------------------------------------------------------------
+
+def test_libsvm_zero_based_auto_detection(tmp_path):
+    zero = write(tmp_path, "z.svm", "1 0:5 2:1\n0 1:2\n")
+    X, _ = load(zero)
+    np.testing.assert_array_equal(X, [[5, 0, 1], [0, 2, 0]])
+    one = write(tmp_path, "o.svm", "1 1:5 3:1\n0 2:2\n")
+    np.testing.assert_array_equal(load(one)[0], [[5, 0, 1], [0, 2, 0]])
+    np.testing.assert_array_equal(load(one, zero_based=True)[0],
+                                  [[0, 5, 0, 1], [0, 0, 2, 0]])
+    with located(zero, 1, 3) as error:
+        load(zero, zero_based=False)
+    assert "zero_based=False: LIBSVM indices are 1-based" in str(error.value)
+    assert load(zero, n_features=5)[0].shape == (2, 5)
+    with pytest.raises(ValueError, match="n_features must be an int >= 3"):
+        load(zero, n_features=2)
+
+
+def test_libsvm_written_by_scikit_learn(tmp_path):
+    datasets = pytest.importorskip("sklearn.datasets")
+    X, y = datasets.load_breast_cancer(return_X_y=True)
+    datasets.dump_svmlight_file(X, y, str(tmp_path / "bc.libsvm"))             # 0-based
+    datasets.dump_svmlight_file(X, y, str(tmp_path / "one.svm"), zero_based=False)
+    for name in ("bc.libsvm", "one.svm"):
+        got_X, got_y = load(tmp_path / name)
+        np.testing.assert_allclose(got_X, X, rtol=1e-15)
+        np.testing.assert_array_equal(got_y, y)
+
+
+def test_directory_of_libsvm_clients_decides_indexing_once(tmp_path):
+    write(tmp_path, "a.svm", "1 0:1 1:2\n")                   # 0-based: index 0 used
+    write(tmp_path, "b.svm", "0 1:3 2:4\n")                   # alone it would read 1-based
+    (Xa, _), (Xb, _) = load_clients(tmp_path, n_features=3)
+    np.testing.assert_array_equal(Xa, [[1, 2, 0]])
+    np.testing.assert_array_equal(Xb, [[0, 3, 4]])

@@ -226,3 +226,18 @@ def test_same_model_for_any_number_of_ranks(solver, loss):
     np.testing.assert_allclose(spread.params_, alone.params_, rtol=1e-9, atol=1e-11)
     assert ([r["evaluations"] for r in spread.history_]
             == [r["evaluations"] for r in alone.history_])
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("solver", NEWTON + ("lbfgs",))
+@pytest.mark.parametrize("weighted", [True, False])
+def test_a_rank_without_rows_changes_nothing(solver, weighted):
+    """Only rank 0 holds rows: the others' empty shards must not disturb the sums (a
+    rank without rows once sent an integer buffer into the weight Allreduce)."""
+    X, y, w = problem("logistic", n=300)
+    w = w if weighted else None
+    mine = slice(None) if COMM.rank == 0 else slice(0, 0)
+    alone = DistributedGD("logistic", solver=solver, max_iter=30, comm=LocalComm()).fit(X, y, w)
+    spread = DistributedGD("logistic", solver=solver, max_iter=30, comm=COMM).fit(
+        X[mine], y[mine], None if w is None else w[mine])
+    np.testing.assert_allclose(spread.params_, alone.params_, rtol=1e-10, atol=1e-12)

@@ -97,7 +97,7 @@ def test_list_history_of_gradient_descent_iterations(tmp_path, gd_history, figur
                                   [h["loss"] for h in gd_history])
 
 
-@pytest.mark.parametrize("suffix", [".json", ".csv"])
+@pytest.mark.parametrize("suffix", [".json", ".jsonl", ".csv"])
 def test_history_files_from_write_history(tmp_path, fed_histories, figures, suffix):
     history = fed_histories["FedProx"]
     path = tmp_path / f"history{suffix}"
@@ -111,6 +111,17 @@ def test_history_files_from_write_history(tmp_path, fed_histories, figures, suff
     assert list(panels(default)) == FED_METRICS
     np.testing.assert_allclose(panels(picked)["test_loss"].lines[0].get_ydata(),
                                [h["test_loss"] for h in history], rtol=1e-15)
+
+
+def test_a_jsonl_history_of_a_killed_run_drops_its_partial_line(tmp_path, fed_histories):
+    history = fed_histories["FedProx"]
+    path = tmp_path / "run.history.jsonl"
+    write_history(history, path)
+    with open(path, "a") as fh:
+        fh.write('{"round": 99, "train_lo')              # killed mid-record
+    loaded = load_history(path)
+    assert len(loaded) == len(history)
+    assert [r["train_loss"] for r in loaded] == [h["train_loss"] for h in history]
 
 
 def test_csv_cells_a_record_lacked_are_left_out(tmp_path, figures):
@@ -166,7 +177,7 @@ def test_bad_histories_and_metrics_are_refused(tmp_path, history, metrics, match
     ("h.json", "{\"round\": 0}", "list of records"),
     ("h.json", "[]", "no records"),
     ("h.csv", "", "no records"),
-    ("h.txt", "[]", "ends in .json or .csv"),
+    ("h.txt", "[]", "ends in .json, .jsonl or .csv"),
 ])
 def test_invalid_history_files_are_refused(tmp_path, name, content, match):
     (tmp_path / name).write_text(content)

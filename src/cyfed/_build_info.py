@@ -15,14 +15,26 @@ def _build_flags():
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def _threads(choice):
+    """thread_choice's dict as `cyfed info` shows it."""
+    return {"per_rank": choice["threads"], "cores": choice["cores"],
+            "ranks_on_node": choice["ranks_on_node"], "ranks_sharing_cores": choice["sharing"],
+            "nodes": choice["nodes"], "why": choice["reason"]}
+
+
 def show_config(mode="stdout"):
     """Print (mode="stdout") or return (mode="dicts") how cyfed is built and runs.
 
     Includes the SIMD build picked for this CPU (override: CYFED_SIMD), the
-    builds installed, OpenMP and its default thread count, whether mpi4py is
-    importable, and the compiler and flags of every compiled module.
+    builds installed, OpenMP and its default thread count, the threads each rank
+    of the trainers takes by default and why (`cyfed.comm.thread_choice`: cores of
+    the CPU affinity // ranks on this node sharing them, unless OMP_NUM_THREADS
+    is set), whether mpi4py is importable, and the compiler and flags of every
+    compiled module.  Under mpiexec every rank must call it (the ranks on a node
+    are counted with a collective).
     """
     from cyfed import __version__, gradients
+    from cyfed.comm import get_comm, thread_choice
 
     kernels = gradients._kernels
     installed = [lvl for lvl in _simd.LEVELS
@@ -32,6 +44,7 @@ def show_config(mode="stdout"):
         "simd": {"selected": gradients.SIMD_LEVEL, "cpu_supports": _simd.cpu_level(),
                  "installed": installed},
         "openmp": {"enabled": kernels.have_openmp(), "max_threads": kernels.max_threads()},
+        "threads": _threads(thread_choice(get_comm())),
         "python": platform.python_version(),
         "numpy": np.__version__,
         "machine": platform.machine(),

@@ -507,3 +507,148 @@ def agree_on_data(comm, n_features, dtype, n_rows, top_label=-1):
                          + ", ".join(f"rank {r}: ({m[0]}, {m[1]})" for r, m in holders))
     n_features, dtype = holders[0][1][0], np.dtype(holders[0][1][1])
     return n_features, dtype, [m[2] for m in meta], max(m[3] for m in meta)
+
+
+# -- threads that fit the ranks ------------------------------------------------------
+
+#: Environment variables in which MPI launchers tell a process how many ranks of the
+#: job run on its node (MPICH's Hydra, Open MPI).
+LOCAL_SIZE_VARIABLES = ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE")
+
+_LAYOUT_KEYVAL = []       # the MPI attribute key caching node_layout on a communicator
+
+
+def available_cores():
+    """(cores this process may run on, where the number comes from): the size of its
+    CPU affinity mask, else `os.cpu_count()` where the OS has no affinity call."""
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0))), "CPU affinity"
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1), "os.cpu_count()"
+
+
+def _mpi4py_comm(comm):
+    """The mpi4py communicator under `comm` (through CountingComm and MPIComm), or None."""
+    for _ in range(8):
+        if comm is None or hasattr(comm, "Split_type"):
+            return comm
+        comm = getattr(comm, "comm", None)
+    return None
+
+
+def _launcher_local_size():
+    """Ranks of this MPI job on this node as the launcher says, or None."""
+    import os
+
+    for name in LOCAL_SIZE_VARIABLES:
+        try:
+            value = int(os.environ[name])
+        except (KeyError, ValueError):
+            continue
+        if value >= 1:
+            return value
+    return None
+
+
+def node_layout(comm):
+    """How the ranks of `comm` sit on the machines: a dict
+
+    ``ranks_on_node``  ranks of `comm` on this rank's node (the size of an MPI
+                       shared-memory split, ``Split_type(COMM_TYPE_SHARED)``);
+    ``sharing``        of those, the ranks whose CPU affinity overlaps this rank's
+                       (itself included): all of them unless the launcher binds
+                       ranks to disjoint cores;
+    ``nodes``          nodes `comm` spans (the same on every rank);
+    ``source``         where the numbers come from.
+
+    Collective on an MPI communicator the first time (every rank must call it);
+    the result is cached on the communicator (an MPI attribute, so every rank
+    hits or misses alike, and it goes away with the communicator).  A
+    communicator without MPI (LocalComm, a test double) is one process: 1 rank,
+    or, under an MPI launcher (say a LocalComm per rank of an ``mpiexec -n 4``
+    job), the launcher's count of the job's ranks on this node.
+    """
+    mpi = _mpi4py_comm(comm)
+    if mpi is None:
+        local = _launcher_local_size() if launched_by_mpi() else None
+        if local is None:
+            return {"ranks_on_node": 1, "sharing": 1, "nodes": 1, "source": "one process"}
+        return {"ranks_on_node": local, "sharing": local, "nodes": 1,
+                "source": "the MPI launcher's local rank count"}
+    import os
+
+    from mpi4py import MPI
+
+    if not _LAYOUT_KEYVAL:
+        _LAYOUT_KEYVAL.append(MPI.Comm.Create_keyval())
+    key = _LAYOUT_KEYVAL[0]
+    cached = mpi.Get_attr(key)
+    if cached is not None:
+        return dict(cached)
+    try:
+        mine = frozenset(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        mine = None
+    node = mpi.Split_type(MPI.COMM_TYPE_SHARED)
+    try:
+        masks = node.allgather(mine)
+        leader = node.Get_rank() == 0
+        ranks_on_node = node.Get_size()
+    finally:
+        node.Free()
+    nodes = mpi.allreduce(int(leader), op=MPI.SUM)
+    sharing = (ranks_on_node if mine is None or any(m is None for m in masks)
+               else sum(1 for m in masks if m & mine))
+    layout = {"ranks_on_node": ranks_on_node, "sharing": max(1, sharing), "nodes": nodes,
+              "source": "MPI shared-memory split"}
+    mpi.Set_attr(key, layout)
+    return dict(layout)
+
+
+def thread_choice(comm, n_threads=None):
+    """The OpenMP threads per rank the trainers use by default, and why: a dict
+
+    ``threads``        the choice;
+    ``cores``          cores this process may run on (its CPU affinity);
+    ``ranks_on_node``, ``sharing``, ``nodes``: `node_layout(comm)`;
+    ``reason``         one line saying which rule decided.
+
+    The rules, first match wins: an explicit `n_threads` (the trainers'
+    ``n_threads=`` / ``n_workers=``); ``OMP_NUM_THREADS`` set in the environment
+    (OpenMP's max threads, as the kernels take it); else cores // ranks sharing
+    them (at least 1), so that the ranks on a node never start more threads than
+    it has cores.  Collective the first time on an MPI communicator (every rank
+    calls it, whatever the rules decide; see `node_layout`).
+    """
+    import os
+
+    layout = node_layout(comm)
+    cores, where = available_cores()
+    choice = {"cores": cores, **{k: layout[k] for k in ("ranks_on_node", "sharing", "nodes")}}
+    if n_threads is not None:
+        from cyfed import _validation
+
+        threads = _validation.n_threads(n_threads, None)
+        reason = f"n_threads={threads} given"
+    elif os.environ.get("OMP_NUM_THREADS", "").strip():
+        from cyfed import gradients
+
+        threads = int(gradients._kernels.max_threads())
+        reason = (f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS'].strip()} is set: "
+                  f"OpenMP's max threads, {threads}")
+    else:
+        sharing = layout["sharing"]
+        threads = max(1, cores // sharing)
+        reason = (f"{cores} cores ({where}) // {sharing} rank"
+                  f"{'s' if sharing != 1 else ''} on this node sharing them "
+                  f"({layout['source']})")
+    choice.update(threads=threads, reason=reason)
+    return choice
+
+
+def default_threads(comm):
+    """Threads per rank when the trainer's n_threads / n_workers is None:
+    `thread_choice(comm)["threads"]` (collective the first time on an MPI communicator)."""
+    return thread_choice(comm)["threads"]

@@ -1,20 +1,30 @@
 """Reading training data from files, and the built-in data sets.
 
-* `load(path, ...) -> (X, y)`: one data set, or one rank's rows of it, from
-  .npy (memory-mapped), .npz, CSV (.csv, .txt) or LIBSVM/svmlight text
-  (.svm, .libsvm, .svmlight; densified under a memory limit);
+* `load(path, ...) -> LabeledData (X, y)`: one data set, or one rank's rows of
+  it, from .npy (memory-mapped), .npz, delimited text (.csv, .tsv, .tab, .txt,
+  or any text file whose content is delimited) or LIBSVM/svmlight text (.svm,
+  .libsvm, .svmlight; densified under a memory limit); text formats may be
+  compressed (.gz, .bz2, .xz: ``data.csv.gz``);
 * `load_xy(x_path, y_path, ...)`: X and y kept as two .npy files;
 * `load_clients(path, ...)`: federated clients from a directory of per-client
   files, or from one file split by a partitioner of `cyfed.data`;
 * `save_clients(clients, directory)`: the directory `load_clients` reads;
+* `relabel(data, classes)`: data with class-name labels coded by given classes;
 * `builtin(name)`: the seed's toy data, FedProx Synthetic(1, 1) and
   scikit-learn's bundled data sets.
 
 Every function returns X as a C-contiguous 2-d array and y as a 1-d array, both
-in the requested float dtype ("float32" or "float64").  Malformed text input is
-reported as ``ValueError("path:line:column: ...")``, the column being the
-1-based character position where the bad field or token starts.
+in the requested float dtype ("float32" or "float64"), as a `LabeledData`: a
+tuple ``(X, y)`` whose `classes` attribute holds the class names when the labels
+were text (y then holds their codes 0..k-1).  Malformed text input is reported
+as ``ValueError("path:line:column: ...")``, the column being the 1-based
+character position where the bad field or token starts.  See docs/data.md.
 """
+import bz2
+import csv
+import gzip
+import lzma
+import math
 import numbers
 import re
 import zipfile
@@ -27,8 +37,14 @@ from cyfed._validation import FLOAT_DTYPES
 from cyfed.data import (dirichlet, iid, load_shard, make_fedprox_synthetic, quantity_skew,
                         shard_rows, shards)
 
-FORMATS = {".npy": "npy", ".npz": "npz", ".csv": "csv", ".txt": "csv",
-           ".svm": "svmlight", ".libsvm": "svmlight", ".svmlight": "svmlight"}
+FORMATS = {".npy": "npy", ".npz": "npz", ".csv": "csv", ".tsv": "csv", ".tab": "csv",
+           ".txt": "csv", ".svm": "svmlight", ".libsvm": "svmlight", ".svmlight": "svmlight"}
+DELIMITERS = {".csv": ",", ".tsv": "\t", ".tab": "\t"}      # other text files: sniffed
+COMPRESSIONS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+# Cells read as missing values (pandas' default markers); any NaN is missing too.
+MISSING_MARKERS = frozenset({"", "NA", "N/A", "n/a", "#N/A", "#NA", "<NA>", "NULL", "null",
+                             "NaN", "-NaN", "nan", "-nan", "None"})
+MISSING = (None, "drop", "mean")
 PARTITIONS = {
     "iid": lambda y, n_clients, seed, alpha: iid(y.size, n_clients, seed=seed),
     "dirichlet": lambda y, n_clients, seed, alpha: dirichlet(y, n_clients, alpha, seed=seed),
@@ -45,34 +61,79 @@ _SEED_X = ((1.0, 2.0), (2.0, 3.0), (3.0, 4.0))
 _SEED_Y = (1.0, 2.0, 3.0)
 
 _TOKEN = re.compile(r"\S+")
+_SVMLIGHT_LINE = re.compile(r"\s*\S+(\s+\d+:\S+)+\s*(#.*)?")
+_SNIFF_CHARS = 8192                 # the head of a text file that delimiters are sniffed from
 _Ranks = namedtuple("_Ranks", "rank size")      # the part of a Communicator load_shard reads
+# A whole table read from a file: X and y (NaN where missing), the class names (None:
+# numeric labels), the label's column j in the file (None: no label) and locate(i, c),
+# the text naming row i, file column c.
+_Table = namedtuple("_Table", "X y classes j locate")
 
 
-def load(path, *, label=-1, dtype="float64", delimiter=",", header=None, rank=0, size=1,
-         max_bytes=2**31, n_features=None):
+class LabeledData(tuple):
+    """``(X, y)`` as the loaders return it -- ``X, y = load(...)`` unpacks it -- with
+    the class names in `classes`: when the file's labels are text (``yes``/``no``),
+    y holds their codes 0..k-1 and ``classes[code]`` is the name (sorted as
+    ``np.unique`` sorts them, like scikit-learn's ``classes_``); None for numeric
+    labels (or no labels)."""
+
+    def __new__(cls, X, y, classes=None):
+        data = super().__new__(cls, (X, y))
+        data.classes = classes
+        return data
+
+    def __getnewargs__(self):                   # pickle and copy rebuild all three
+        return (*self, self.classes)
+
+    X = property(lambda self: self[0], doc="the features, (n, d)")
+    y = property(lambda self: self[1], doc="the labels (class codes when classes is set)")
+
+    def labels(self):
+        """y in the original labels: the class names of the codes, or y itself."""
+        return self.y if self.classes is None else self.classes[self.y.astype(np.intp)]
+
+
+def load(path, *, label=-1, dtype="float64", delimiter="auto", header=None, missing=None,
+         zero_based="auto", rank=0, size=1, max_bytes=2**31, n_features=None):
     """This rank's rows (X, y) of a data file, chosen by the file's extension.
 
     Parameters
     ----------
     path : str or Path
         .npy: a 2-d array, memory-mapped so only this rank's rows are read;
-        .npz: arrays "X" (n, d) and "y" (n,); .csv/.txt: delimited text;
-        .svm/.libsvm/.svmlight: ``label index:value ...`` lines, 1-based
-        indices in increasing order, ``#`` comments, densified.
+        .npz: arrays "X" (n, d) and "y" (n,) (y may hold strings: class names);
+        .csv, .tsv, .tab, .txt: delimited text; .svm/.libsvm/.svmlight:
+        ``label index:value ...`` lines, ``#`` comments, densified.  A text
+        file may be compressed (``.csv.gz``, ``.libsvm.bz2``, ``.tsv.xz``); a
+        file with another extension is read when its content is delimited text
+        or LIBSVM.
     label : int, str or None
         Column of y in a .npy or CSV file (negative counts from the end); a
         name needs a CSV header.  The other columns are X.  None: the file has
         no label column (X is every column, y is None; an .npz file's "y" and
-        LIBSVM labels are returned when present).
+        LIBSVM labels are returned when present).  A CSV label column holding
+        text (``yes``/``no``) gives class codes and `classes`.
     dtype : "float32" or "float64"
         dtype of X and y.
-    delimiter : str or None
-        CSV field separator; None splits on runs of whitespace.
+    delimiter : "auto", str or None
+        CSV field separator.  "auto": "," for .csv, a tab for .tsv/.tab,
+        sniffed from the first 8 KB (`csv.Sniffer`) for other text files;
+        None splits on runs of whitespace.
     header : bool or None
         Whether a CSV file's first non-blank line holds column names; None
-        guesses (a header is a first line with a non-numeric field).
+        guesses (a header has a non-numeric field above a number).
+    missing : None, "drop" or "mean"
+        Missing values (empty cells, NA, NaN, ...: `MISSING_MARKERS`) in a CSV,
+        .npz or .npy file.  None refuses them (ValueError naming the count and
+        the first one's position); "drop" drops every row with one; "mean"
+        replaces each by its column's mean (over all rows of the file).  A
+        missing label is dropped by "drop" and refused otherwise.
+    zero_based : "auto", bool
+        LIBSVM feature indices: True 0-based, False 1-based, "auto" 0-based
+        when any index is 0, else 1-based (scikit-learn's ``zero_based="auto"``).
     rank, size : int
-        Keep rows ``cyfed.data.shard_rows(n, rank, size)``.
+        Keep rows ``cyfed.data.shard_rows(n, rank, size)`` (of the rows left
+        after dropping missing values).
     max_bytes : int
         Refuse to densify LIBSVM rows whose dense X (this rank's rows x
         n_features x itemsize) would exceed this many bytes.
@@ -81,20 +142,24 @@ def load(path, *, label=-1, dtype="float64", delimiter=",", header=None, rank=0,
 
     Returns
     -------
-    X : (n_rank, d) C-contiguous array of `dtype`
-    y : (n_rank,) array of `dtype` (None: label=None and no labels in the file)
+    LabeledData
+        X : (n_rank, d) C-contiguous array of `dtype`; y : (n_rank,) array of
+        `dtype` (None: label=None and no labels in the file); `.classes`.
     """
     path, dt = _file(path), _dtype(dtype)
-    fmt = _format(path)
+    _choice(missing, MISSING, "missing")
+    _choice(zero_based, (True, False, "auto"), "zero_based")
+    fmt = _format(path, delimiter)
     if fmt == "npy":
-        X, y = _read_npy(path, label, rank, size)
-    elif fmt == "npz":
-        X, y = _read_npz(path, rank, size, need_y=label is not None)
-    elif fmt == "csv":
-        X, y = _read_csv(path, label, delimiter, header, rank, size)
+        X, y, classes = _read_npy(path, label, missing, rank, size)
+    elif fmt == "svmlight":
+        X, y, classes = _read_svmlight(path, dt, rank, size, max_bytes, n_features,
+                                       zero_based)
     else:
-        X, y = _read_svmlight(path, dt, rank, size, max_bytes, n_features)
-    return _finish(path, X, y, dt)
+        table = (_read_csv(path, label, delimiter, header) if fmt == "csv"
+                 else _read_npz(path, need_y=label is not None))
+        X, y, classes = _rows(path, table, missing, rank, size)
+    return _finish(path, X, y, dt, classes)
 
 
 def load_xy(x_path, y_path, *, dtype="float64", rank=0, size=1):
@@ -105,14 +170,17 @@ def load_xy(x_path, y_path, *, dtype="float64", rank=0, size=1):
 
 
 def load_clients(path, *, partition=None, n_clients=None, seed=0, alpha=0.5, **load_kwargs):
-    """Federated clients as a list of (X_k, y_k).
+    """Federated clients as a list of LabeledData (X_k, y_k).
 
     A directory gives one client per data file in it (sorted by name, any
-    format `load` reads; other files are ignored).  A single file is split by
-    `partition` ("iid", "dirichlet", "shards" or "quantity", the partitioners
-    of `cyfed.data`, with `seed`; `alpha` is the Dirichlet concentration of
-    "dirichlet" and "quantity") into `n_clients` clients.  `load_kwargs` go to
-    `load`; clients are loaded whole, so `rank` and `size` are not accepted.
+    format `load` reads; other files are ignored); class-name labels are coded
+    by the union of every client's classes, and LIBSVM files with
+    zero_based="auto" are all 0-based when any one of them uses index 0.  A
+    single file is split by `partition` ("iid", "dirichlet", "shards" or
+    "quantity", the partitioners of `cyfed.data`, with `seed`; `alpha` is the
+    Dirichlet concentration of "dirichlet" and "quantity") into `n_clients`
+    clients.  `load_kwargs` go to `load`; clients are loaded whole, so `rank`
+    and `size` are not accepted.
     """
     if {"rank", "size"} & load_kwargs.keys():
         raise TypeError("load_clients loads whole clients (no rank/size); "
@@ -132,16 +200,17 @@ def load_clients(path, *, partition=None, n_clients=None, seed=0, alpha=0.5, **l
 def save_clients(clients, directory, fmt="npz", *, force=False):
     """Write client k as directory/client_<k>.<fmt>, which `load_clients` reads back.
 
-    fmt "npz" stores arrays "X" and "y"; "npy" stores one array with y as its
-    last column.  k is zero-padded (at least 3 digits) so that name order is
-    client order.  A directory already holding earlier client files is refused
+    fmt "npz" stores arrays "X" and "y" (y as the class names for clients with
+    `classes`); "npy" stores one array with y as its last column (numbers
+    only).  k is zero-padded (at least 3 digits) so that name order is client
+    order.  A directory already holding earlier client files is refused
     unless `force=True`, which deletes them first (so no stale client is read
     back); one holding other data files is always refused.  Returns the paths.
     """
     if fmt not in ("npz", "npy"):
         raise ValueError(f"fmt must be 'npz' or 'npy', got {fmt!r}")
-    arrays = [_check_xy(f"client {k}", np.asarray(X), np.asarray(y))
-              for k, (X, y) in enumerate(clients)]
+    arrays = [_check_xy(f"client {k}", np.asarray(client[0]), _client_labels(client, fmt))
+              for k, client in enumerate(clients)]
     if not arrays:
         raise ValueError("clients is empty: nothing to save")
     directory = Path(directory)
@@ -152,6 +221,24 @@ def save_clients(clients, directory, fmt="npz", *, force=False):
     for target, (X, y) in zip(paths, arrays):
         _write_client(target, X, y)
     return paths
+
+
+def relabel(data, classes, of="the model", *, source=None):
+    """`data` (a LabeledData) with its class-name labels coded as indices into
+    `classes` (a model's classes, or a training set's); data with numeric
+    labels (classes None) is returned as it is.  A label that is not in
+    `classes` is a ValueError naming it, `of` (whose classes they are) and
+    `source` (where the data came from, e.g. its path)."""
+    if data.classes is None:
+        return data
+    index = {name: k for k, name in enumerate(np.asarray(classes).tolist())}
+    unknown = [name for name in data.classes.tolist() if name not in index]
+    if unknown:
+        where = "" if source is None else f"{source}: "
+        raise ValueError(f"{where}label {unknown[0]!r} is not a class of {of} "
+                         f"(classes: {', '.join(map(str, index))})")
+    codes = np.array([index[name] for name in data.classes.tolist()], dtype=data.y.dtype)
+    return LabeledData(data.X, codes[data.y.astype(np.intp)], np.asarray(classes))
 
 
 def builtin(name, *, dtype="float64", seed=0):
@@ -187,6 +274,13 @@ def _dtype(dtype):
     return dt
 
 
+def _choice(value, choices, name):
+    """Refuse a `value` that is not one of `choices` (compared by identity for bools)."""
+    if not any(value is c or (isinstance(c, str) and value == c) for c in choices):
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, "
+                         f"got {value!r}")
+
+
 def _file(path):
     """`path` as a Path to an existing regular file."""
     path = Path(path)
@@ -197,13 +291,28 @@ def _file(path):
     return path
 
 
-def _format(path):
-    """The format name for `path`'s extension."""
-    try:
-        return FORMATS[path.suffix.lower()]
-    except KeyError:
-        raise ValueError(f"{path}: unknown extension {path.suffix!r}; supported: "
-                         f"{', '.join(FORMATS)}") from None
+def _extension(path):
+    """(extension, compression suffix or None) of `path`: data.csv.gz -> (".csv", ".gz")."""
+    suffix = Path(path).suffix.lower()
+    if suffix in COMPRESSIONS:
+        return Path(Path(path).stem).suffix.lower(), suffix
+    return suffix, None
+
+
+def _format(path, delimiter="auto"):
+    """The format of `path`: by its extension, else delimited text when a delimiter
+    is given, else sniffed from its content."""
+    ext, compression = _extension(path)
+    fmt = FORMATS.get(ext) or (None if delimiter == "auto" else "csv") or _sniff_format(path)
+    if fmt in ("npy", "npz") and compression:
+        raise ValueError(f"{path}: a {ext} file cannot be read {compression}-compressed; "
+                         f"decompress it (or save X and y with np.savez_compressed as .npz)")
+    if fmt is None:
+        what = f"unknown extension {ext!r}" if ext else "no extension"
+        raise ValueError(f"{path}: {what}, and the content is neither delimited text nor "
+                         f"LIBSVM; supported: "
+                         f"{', '.join(FORMATS)} (text ones also as .gz, .bz2, .xz)")
+    return fmt
 
 
 def _check_xy(path, X, y):
@@ -215,13 +324,13 @@ def _check_xy(path, X, y):
     return X, y
 
 
-def _finish(path, X, y, dt):
-    """X (C-contiguous) and y (or None) as real arrays of dtype `dt`."""
+def _finish(path, X, y, dt, classes=None):
+    """LabeledData of X (C-contiguous) and y (or None) as real arrays of dtype `dt`."""
     for name, arr in (("X", X), ("y", y)):
         if arr is not None and arr.dtype.kind not in "biuf":
             raise ValueError(f"{path}: {name} must hold real numbers, got dtype {arr.dtype}")
-    return (np.ascontiguousarray(X, dtype=dt),
-            None if y is None else np.ascontiguousarray(y, dtype=dt))
+    return LabeledData(np.ascontiguousarray(X, dtype=dt),
+                       None if y is None else np.ascontiguousarray(y, dtype=dt), classes)
 
 
 def _label_index(path, label, width, names=None):
@@ -252,6 +361,94 @@ def _where(path, line, column, message):
     return ValueError(f"{path}:{line}:{column}: {message}")
 
 
+# -- labels and missing values -------------------------------------------------------------
+
+def _encode(names):
+    """(codes with NaN where missing, classes) of an array of class names."""
+    names = np.char.strip(np.asarray(names, dtype=str))
+    known = ~np.isin(names, list(MISSING_MARKERS))
+    classes = np.unique(names[known])
+    y = np.full(names.shape, np.nan)
+    y[known] = np.searchsorted(classes, names[known])
+    return y, classes
+
+
+def _nan(a):
+    """Where `a` is NaN (nowhere for non-float arrays)."""
+    return np.isnan(a) if a.dtype.kind == "f" else np.zeros(a.shape, dtype=bool)
+
+
+def _rows(path, table, missing, rank, size):
+    """This rank's rows (X, y, classes) of a whole table, its missing values handled."""
+    X, y, classes = _missing(path, table, missing)
+    if classes is not None and y.size:               # drop classes left without rows
+        used = np.unique(y)
+        y, classes = np.searchsorted(used, y).astype(y.dtype), classes[used.astype(np.intp)]
+    rows = shard_rows(X.shape[0], rank, size)
+    return _take(X, rows, size), None if y is None else _take(y, rows, size), classes
+
+
+def _take(a, rows, size):
+    """a[rows], copied when it is a part (not a view keeping all of `a` alive)."""
+    return a[rows].copy() if size > 1 else a[rows]
+
+
+def _missing(path, table, missing):
+    """(X, y, classes) of `table` with missing values (NaN) refused (None), their rows
+    dropped ("drop") or X's replaced by column means ("mean"; labels never)."""
+    X, y, classes, j, locate = table
+    bad_x = _nan(X)
+    bad_y = np.zeros(X.shape[0], dtype=bool) if y is None else _nan(y)
+    if not (bad_x.any() or bad_y.any()):
+        return X, y, classes
+    if missing == "drop":
+        keep = ~(bad_x.any(axis=1) | bad_y)
+        if not keep.any():
+            raise ValueError(f"{path}: every row has a missing value; nothing is left "
+                             "after missing=\"drop\"")
+        return X[keep], None if y is None else y[keep], classes
+    if missing == "mean" and not bad_y.any():
+        return _impute_means(path, X, bad_x), y, classes
+    raise _missing_error(path, bad_x, bad_y, j, locate, missing)
+
+
+def _missing_error(path, bad_x, bad_y, j, locate, missing):
+    """The ValueError for refused missing values, located at the first one."""
+    if missing == "mean":                   # only missing labels are refused
+        i = int(np.argmax(bad_y))
+        return ValueError(f"{locate(i, j)}: missing label ({_count(bad_y.sum(), 'row')} "
+                          "without one); labels are never imputed: missing=\"drop\" drops "
+                          "those rows")
+    bad = bad_x if j is None else np.insert(bad_x, j, bad_y, axis=1)   # file columns
+    i, c = np.argwhere(bad)[0]
+    return ValueError(f"{locate(int(i), int(c))}: missing value (the first of "
+                      f"{_count(bad.sum(), 'missing value')} in "
+                      f"{_count(bad.any(axis=1).sum(), 'row')}); choose missing=\"drop\" to "
+                      "drop those rows or missing=\"mean\" to fill in each feature column's "
+                      "mean (missing labels: drop only)")
+
+
+def _count(n, noun):
+    """'1 row', '2 rows'."""
+    return f"{int(n)} {noun}{'s' * (int(n) != 1)}"
+
+
+def _impute_means(path, X, bad_x):
+    """X with its missing values replaced by the mean of their column's other values."""
+    counts = (~bad_x).sum(axis=0)
+    if not counts.all():
+        raise ValueError(f"{path}: feature column {int(np.argmin(counts))} (0-based, the "
+                         "label column not counted) has no values to average for "
+                         "missing=\"mean\"")
+    means = np.where(bad_x, 0.0, X).sum(axis=0) / counts
+    return np.where(bad_x, means, X)
+
+
+def _array_position(path, first_row=0):
+    """locate(i, c) for a .npy table whose row i is row first_row + i of the file."""
+    return lambda i, c: f"{path}: row {first_row + i}, column {c} (0-based)"
+
+
 # -- binary formats ------------------------------------------------------------------------
 
 def _np_load(path, **kwargs):
@@ -262,18 +459,25 @@ def _np_load(path, **kwargs):
         raise ValueError(f"{path}: cannot read as {path.suffix}: {exc}") from None
 
 
-def _read_npy(path, label, rank, size):
-    """This rank's rows of a 2-d .npy array, memory-mapped, split at column `label`."""
+def _read_npy(path, label, missing, rank, size):
+    """This rank's rows (X, y, None) of a 2-d .npy array split at column `label`:
+    memory-mapped (only these rows are read) unless `missing` needs every row."""
     A = _np_load(path, mmap_mode="r")
     if A.ndim != 2:
         raise ValueError(f"{path}: need a 2-d array (rows, features and label), "
                          f"got shape {A.shape}")
     j = None if label is None else _label_index(path, label, A.shape[1])
-    return _split_label(np.asarray(A[shard_rows(A.shape[0], rank, size)]), j)
+    if missing is not None:
+        table = _Table(*_split_label(np.asarray(A), j), None, j, _array_position(path))
+        return _rows(path, table, missing, rank, size)
+    rows = shard_rows(A.shape[0], rank, size)
+    X, y = _split_label(np.asarray(A[rows]), j)
+    return _missing(path, _Table(X, y, None, j, _array_position(path, rows.start)), None)
 
 
-def _read_npz(path, rank, size, need_y=True):
-    """This rank's rows of arrays "X" and "y" of an .npz file ("y" optional unless need_y)."""
+def _read_npz(path, need_y=True):
+    """The table of arrays "X" and "y" of an .npz file ("y" optional unless need_y;
+    strings in "y" are class names)."""
     with _np_load(path) as archive:
         for key in ("X", "y") if need_y else ("X",):
             if key not in archive.files:
@@ -286,71 +490,191 @@ def _read_npz(path, rank, size, need_y=True):
             if X.ndim != 2:
                 raise ValueError(f"{path}: X must be 2-d (n_samples, n_features), "
                                  f"got shape {X.shape}")
-    rows = shard_rows(X.shape[0], rank, size)
-    return X[rows], None if y is None else y[rows]
+    y, classes = _encode(y) if y is not None and y.dtype.kind in "US" else (y, None)
+    d = X.shape[1]
+
+    def locate(i, c):
+        return f"{path}: row {i}, " + ("y" if c == d else f"X column {c}")
+    return _Table(X, y, classes, None if y is None else d, locate)
+
+
+# -- text files ----------------------------------------------------------------------------
+
+def _read_text(path, limit=-1):
+    """The (decompressed) text of a UTF-8 file, or its first `limit` characters."""
+    opener = COMPRESSIONS.get(path.suffix.lower(), open)
+    try:
+        with opener(path, "rt", encoding="utf-8-sig") as f:
+            return f.read(limit)
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text ({exc})") from None
+    except (OSError, EOFError, lzma.LZMAError) as exc:
+        if opener is open:
+            raise
+        raise ValueError(f"{path}: cannot decompress as {path.suffix}: {exc}") from None
+
+
+def _text_lines(path):
+    """(line number, text) of each non-blank line of a UTF-8 text file."""
+    return [(n, line) for n, line in enumerate(_read_text(path).split("\n"), 1)
+            if line.strip()]
+
+
+def _head(path):
+    """The first few KB of a text file, whole lines only ("" for a binary file)."""
+    try:
+        head = _read_text(path, _SNIFF_CHARS)
+    except (ValueError, OSError):
+        return ""
+    if "\x00" in head:
+        return ""
+    return head if len(head) < _SNIFF_CHARS else head[:head.rfind("\n") + 1]
+
+
+def _sniff(sample):
+    """The delimiter `csv.Sniffer` finds in `sample`, else " " when its first lines
+    split on runs of whitespace into the same number (>= 2) of fields, else ""."""
+    try:
+        return csv.Sniffer().sniff(sample, delimiters=",;\t| ").delimiter
+    except csv.Error:
+        widths = {len(line.split()) for line in sample.split("\n")[:5] if line.strip()}
+        return " " if len(widths) == 1 and widths.pop() >= 2 else ""
+
+
+def _sniff_format(path):
+    """"svmlight" or "csv" for a text file whose head looks like one, else None."""
+    head = _head(path)
+    first = next((line for line in head.split("\n")
+                  if line.strip() and not line.lstrip().startswith("#")), None)
+    if first is None:
+        return None
+    if _SVMLIGHT_LINE.fullmatch(first):
+        return "svmlight"
+    return "csv" if _sniff(head) else None
 
 
 # -- CSV -----------------------------------------------------------------------------------
 
-def _text_lines(path):
-    """(line number, text) of each non-blank line of a UTF-8 text file."""
-    try:
-        with open(path, encoding="utf-8-sig") as f:
-            return [(n, line.rstrip("\n")) for n, line in enumerate(f, 1) if line.strip()]
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{path}: not UTF-8 text ({exc})") from None
-
-
-def _read_csv(path, label, delimiter, header, rank, size):
-    """This rank's rows of a delimited text file, split at column `label`."""
-    if delimiter == "":
-        raise ValueError("delimiter must be a non-empty string or None (whitespace)")
+def _read_csv(path, label, delimiter, header):
+    """The whole table of a delimited text file, split at column `label`."""
     lines = _text_lines(path)
     if not lines:
         raise ValueError(f"{path}: no data (the file is empty)")
+    delimiter = _csv_delimiter(path, delimiter, lines)
     first = lines[0][1].split(delimiter)
     if header is None:
-        header = not all(_is_number(field) for field in first)
-    names = [field.strip() for field in first] if header else None
+        header = _looks_like_header(first, lines[1][1].split(delimiter) if lines[1:] else None)
+    names = [_unquote(field) for field in first] if header else None
     rows = lines[1:] if header else lines
     if not rows:
         raise ValueError(f"{path}: no data rows after the header")
     j = None if label is None else _label_index(path, label, len(first), names)
-    keep = shard_rows(len(rows), rank, size)
-    return _split_label(_parse_csv_rows(path, rows, len(first), delimiter, keep), j)
+
+    def locate(i, c):
+        line, text = rows[i]
+        return f"{path}:{line}:{_field_starts(text, delimiter)[c]}"
+    X, texts = _parse_csv_rows(path, rows, len(first), delimiter, j)
+    y, classes = (None, None) if j is None else _csv_labels(texts, lambda i: locate(i, j))
+    return _Table(X, y, classes, j, locate)
 
 
-def _parse_csv_rows(path, rows, width, delimiter, keep):
-    """Parse every row (so every rank sees the same errors); return the rows in `keep`."""
-    out = np.empty((keep.stop - keep.start, width))
+def _csv_delimiter(path, delimiter, lines):
+    """The delimiter to split with: `delimiter`, or for "auto" the extension's or the
+    sniffed one (a space: runs of whitespace, None)."""
+    if delimiter == "" or not (delimiter is None or isinstance(delimiter, str)):
+        raise ValueError(f"delimiter must be 'auto', a non-empty string or None "
+                         f"(whitespace), got {delimiter!r}")
+    if delimiter != "auto":
+        return delimiter
+    ext = _extension(path)[0]
+    if ext in DELIMITERS:
+        return DELIMITERS[ext]
+    sniffed = _sniff("\n".join(text for _, text in lines[:100])[:_SNIFF_CHARS]) or ","
+    return None if sniffed == " " else sniffed
+
+
+def _looks_like_header(first, second):
+    """Whether the first line's fields name columns: one is text (not a number, not a
+    missing-value marker) above a number or missing value of the second line (one
+    line only: any text field)."""
+    def text(field):
+        return _number(field) is None
+    if second is None:
+        return any(map(text, first))
+    return any(text(a) and not text(b) for a, b in zip(first, second))
+
+
+def _unquote(field):
+    """A field without surrounding blanks and one pair of double quotes."""
+    field = field.strip()
+    return field[1:-1] if len(field) > 1 and field[0] == field[-1] == '"' else field
+
+
+def _parse_csv_rows(path, rows, width, delimiter, j):
+    """(X with NaN where missing, the label texts or None) of every row."""
+    X = np.empty((len(rows), width - (j is not None)))
+    texts = []
     for i, (line, text) in enumerate(rows):
-        values = _csv_values(path, line, text, width, delimiter)
-        if keep.start <= i < keep.stop:
-            out[i - keep.start] = values
-    return out
+        X[i], label = _csv_values(path, line, text, width, delimiter, j)
+        texts.append(label)
+    return X, None if j is None else texts
 
 
-def _csv_values(path, line, text, width, delimiter):
-    """The `width` numbers of one CSV line."""
+def _csv_values(path, line, text, width, delimiter, j):
+    """(the feature numbers of one CSV line, NaN where missing; its label text)."""
     fields = text.split(delimiter)
     if len(fields) == width:
+        label = None if j is None else fields.pop(j)
         try:
-            return list(map(float, fields))
+            return list(map(float, fields)), label
         except ValueError:
-            pass
-    raise _csv_error(path, line, text, fields, width, delimiter)
+            values = list(map(_number, fields))
+            if None not in values:
+                return values, label
+    raise _csv_error(path, line, text, width, delimiter, j)
 
 
-def _csv_error(path, line, text, fields, width, delimiter):
+def _number(field):
+    """float(field) (quoted or not); NaN for a missing-value marker; None for other text."""
+    try:
+        return float(field)
+    except ValueError:
+        field = _unquote(field)
+    if field in MISSING_MARKERS:
+        return math.nan
+    try:
+        return float(field)
+    except ValueError:
+        return None
+
+
+def _csv_labels(texts, locate):
+    """(y, classes) of a label column: numbers (classes None) when every label is a
+    number or missing, the codes of the sorted class names when none is a number;
+    NaN where missing.  A column mixing both is refused at its first text label."""
+    values = list(map(_number, texts))
+    if None not in values:
+        return np.array(values, dtype=float), None
+    numeric = [i for i, v in enumerate(values) if v is not None and not math.isnan(v)]
+    if numeric:
+        i, k = values.index(None), numeric[0]
+        raise ValueError(f"{locate(i)}: label {_unquote(texts[i])!r} is not a number, but "
+                         f"{locate(k)} is {_unquote(texts[k])!r}; a label "
+                         "column holds numbers or class names, not both")
+    return _encode(list(map(_unquote, texts)))
+
+
+def _csv_error(path, line, text, width, delimiter, j):
     """The located error for a CSV line with a wrong field count or a non-number."""
+    fields = text.split(delimiter)
     starts = _field_starts(text, delimiter)
     count = f"expected {width} fields, got {len(fields)}"
     if len(fields) > width:
         return _where(path, line, starts[width], count)
     if len(fields) < width:
         return _where(path, line, len(text) + 1, count)
-    j = next(j for j, field in enumerate(fields) if not _is_number(field))
-    return _where(path, line, starts[j], f"field {j + 1} is {fields[j].strip()!r}, "
+    c = next(c for c, field in enumerate(fields) if c != j and _number(field) is None)
+    return _where(path, line, starts[c], f"field {c + 1} is {fields[c].strip()!r}, "
                                          "not a number")
 
 
@@ -365,19 +689,13 @@ def _field_starts(text, delimiter):
     return starts
 
 
-def _is_number(text):
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
 # -- LIBSVM / svmlight -------------------------------------------------------------------
 
-def _read_svmlight(path, dt, rank, size, max_bytes, n_features):
-    """This rank's rows of a LIBSVM file as dense X (n_rank, n_features) and y."""
-    labels, counts, indices, values = _parse_svmlight(path)
+def _read_svmlight(path, dt, rank, size, max_bytes, n_features, zero_based):
+    """This rank's rows (X, y, None) of a LIBSVM file, X dense (n_rank, n_features)."""
+    labels, counts, indices, values = _parse_svmlight(path, one_based=zero_based is False)
+    if zero_based is False or (zero_based == "auto" and not (indices == 0).any()):
+        indices = indices - 1
     d = _svmlight_width(path, indices, n_features)
     rows = shard_rows(labels.size, rank, size)
     n = rows.stop - rows.start
@@ -385,19 +703,19 @@ def _read_svmlight(path, dt, rank, size, max_bytes, n_features):
     offsets = np.concatenate([[0], np.cumsum(counts)])
     lo, hi = offsets[rows.start], offsets[rows.stop]
     X = np.zeros((n, d), dtype=dt)
-    X[np.repeat(np.arange(n), counts[rows]), indices[lo:hi] - 1] = values[lo:hi]
-    return X, labels[rows]
+    X[np.repeat(np.arange(n), counts[rows]), indices[lo:hi]] = values[lo:hi]
+    return X, labels[rows], None
 
 
-def _parse_svmlight(path):
-    """Labels, feature counts per row, and the rows' flat 1-based indices and values."""
+def _parse_svmlight(path, one_based=False):
+    """Labels, feature counts per row, and the rows' flat indices (as written) and values."""
     labels, counts, indices, values = [], [], [], []
     for line, text in _text_lines(path):
         tokens = [(m.start() + 1, m.group()) for m in _TOKEN.finditer(text.split("#", 1)[0])]
         if not tokens:
             continue                                    # a comment line
         labels.append(_svmlight_label(path, line, *tokens[0]))
-        row = _svmlight_features(path, line, tokens[1:])
+        row = _svmlight_features(path, line, tokens[1:], int(one_based))
         counts.append(len(row))
         indices.extend(index for index, _ in row)
         values.extend(value for _, value in row)
@@ -414,9 +732,9 @@ def _svmlight_label(path, line, column, token):
         raise _where(path, line, column, f"label {token!r} is not a number") from None
 
 
-def _svmlight_features(path, line, tokens):
-    """[(index, value)] of one line's ``index:value`` tokens (indices 1-based, increasing)."""
-    row, previous = [], 0
+def _svmlight_features(path, line, tokens, least):
+    """[(index, value)] of one line's ``index:value`` tokens (indices >= least, increasing)."""
+    row, previous = [], least - 1
     for column, token in tokens:
         index, colon, value = token.partition(":")
         if not colon:
@@ -424,10 +742,11 @@ def _svmlight_features(path, line, tokens):
         try:
             index = int(index)
         except ValueError:
-            index = 0
-        if index < 1:
+            index = -1
+        if index < least:
+            rule = " (zero_based=False: LIBSVM indices are 1-based)" if least else ""
             raise _where(path, line, column, f"feature index in {token!r} must be an integer "
-                                             ">= 1 (LIBSVM indices are 1-based)")
+                                             f">= {least}{rule}")
         if index <= previous:
             raise _where(path, line, column, f"feature index {index} follows {previous}; "
                                              "indices must increase along a line")
@@ -440,16 +759,16 @@ def _svmlight_features(path, line, tokens):
 
 
 def _svmlight_width(path, indices, n_features):
-    """n_features, or the largest index when None; at least every index used."""
-    largest = int(indices.max(initial=0))
+    """n_features, or the number of columns the (0-based) indices use when None."""
+    used = int(indices.max(initial=-1)) + 1
     if n_features is None:
-        if largest == 0:
+        if used == 0:
             raise ValueError(f"{path}: no feature values in any row")
-        return largest
-    least = max(largest, 1)
+        return used
+    least = max(used, 1)
     if not isinstance(n_features, numbers.Integral) or n_features < least:
-        raise ValueError(f"{path}: n_features must be an int >= {least} (the largest feature "
-                         f"index used), got {n_features!r}")
+        raise ValueError(f"{path}: n_features must be an int >= {least} (the features the "
+                         f"file uses), got {n_features!r}")
     return int(n_features)
 
 
@@ -472,21 +791,44 @@ def _human_bytes(nbytes):
 # -- clients -------------------------------------------------------------------------------
 
 def _data_files(directory):
-    """The files of `directory` that `load` reads, sorted by name."""
-    return sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in FORMATS)
+    """The files of `directory` that `load` reads by extension, sorted by name."""
+    return sorted(p for p in directory.iterdir() if p.is_file() and _extension(p)[0] in FORMATS)
 
 
 def _load_directory(directory, load_kwargs):
-    """One client per data file of `directory`, all with the same number of features."""
+    """One client per data file of `directory`, all with the same number of features
+    and their class names coded alike."""
     files = _data_files(directory)
     if not files:
         raise ValueError(f"{directory}: no client files (extensions {', '.join(FORMATS)})")
-    clients = [load(f, **load_kwargs) for f in files]
+    clients = [load(f, **_shared_zero_based(files, load_kwargs)) for f in files]
     for f, (X, _) in zip(files, clients):
         if X.shape[1] != clients[0][0].shape[1]:
             raise ValueError(f"{f}: {X.shape[1]} features, but {files[0].name} has "
                              f"{clients[0][0].shape[1]} (LIBSVM files: pass n_features=)")
-    return clients
+    return _common_classes(files, clients)
+
+
+def _shared_zero_based(files, load_kwargs):
+    """load_kwargs with zero_based="auto" decided once for all LIBSVM `files`."""
+    svmlight = [f for f in files if FORMATS[_extension(f)[0]] == "svmlight"]
+    if load_kwargs.get("zero_based", "auto") != "auto" or not svmlight:
+        return load_kwargs
+    zero = any((_parse_svmlight(f)[2] == 0).any() for f in svmlight)
+    return {**load_kwargs, "zero_based": zero}
+
+
+def _common_classes(files, clients):
+    """Clients with class-name labels coded by the union of their classes."""
+    named = [client.classes is not None for client in clients]
+    if not any(named):
+        return clients
+    if not all(named):
+        raise ValueError(f"{files[named.index(False)]}: numeric labels, but "
+                         f"{files[named.index(True)].name} has class names; the clients "
+                         "must label alike")
+    classes = np.unique(np.concatenate([client.classes for client in clients]))
+    return [relabel(client, classes) for client in clients]
 
 
 def _load_partitioned(path, partition, n_clients, seed, alpha, load_kwargs):
@@ -495,8 +837,22 @@ def _load_partitioned(path, partition, n_clients, seed, alpha, load_kwargs):
         raise ValueError(f"unknown partition {partition!r}; choose from {', '.join(PARTITIONS)}")
     if n_clients is None:
         raise ValueError(f"partition={partition!r} needs n_clients")
-    X, y = load(path, **load_kwargs)
-    return [(X[rows], y[rows]) for rows in PARTITIONS[partition](y, n_clients, seed, alpha)]
+    data = load(path, **load_kwargs)
+    X, y = data
+    return [LabeledData(X[rows], y[rows], data.classes)
+            for rows in PARTITIONS[partition](y, n_clients, seed, alpha)]
+
+
+def _client_labels(client, fmt):
+    """A client's y to save: its class names when it has classes (npz only)."""
+    X, y = client
+    classes = getattr(client, "classes", None)
+    if classes is None:
+        return np.asarray(y)
+    if fmt == "npy":
+        raise ValueError(f"the labels are class names ({', '.join(map(str, classes))}), and "
+                         "npy client files hold numbers only: save as npz")
+    return np.asarray(classes)[np.asarray(y).astype(np.intp)]
 
 
 def _clear_clients(directory, force):

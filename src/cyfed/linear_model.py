@@ -133,7 +133,7 @@ class LinearRegression(RegressorMixin, _CyfedLinear):
         features, L-BFGS above; any other it accepts is passed on)
     tol : float >= 0, stop when the gradient's 2-norm is <= tol (DistributedGD's gtol)
     max_iter : int >= 1, solver iterations
-    n_threads : OpenMP threads per rank (None: OpenMP's default)
+    n_threads : OpenMP threads per rank (None: cores / ranks on the node, as DistributedGD)
     comm : Communicator or None -- None: MPI's world under mpiexec, else one process
     solver_options : dict or None, further `DistributedGD` parameters (e.g.
         ``{"lbfgs_memory": 20}``, or ``{"lr": 0.1}`` with ``solver="gd"``)

@@ -12,7 +12,7 @@ plot   training histories (JSON/CSV from write_history) drawn into one image.
 partition  one data file split into per-client files (cyfed.cli.commands: these three).
 evaluate   a model file's loss and accuracy, or MSE and R², on a data file (MPI ranks).
 predict    a model file's predictions for a data file, written as .csv or .npy.
-Usage errors exit with status 2.
+Usage errors exit with status 2, Ctrl-C with 130; ``cyfed --version`` names the version.
 """
 import argparse
 import json
@@ -267,6 +267,7 @@ def _positive(text):
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="cyfed", description="cyfed: fast distributed and federated gradient descent")
+    parser.add_argument("--version", action="version", version=f"cyfed {cyfed.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="seed example, kernel table, distributed and federated runs")
     p.add_argument("--shapes", type=_shape, nargs="+",
@@ -298,8 +299,13 @@ def build_parser():
 
 
 def main(argv=None):
+    """Run one subcommand: its exit status (130 after Ctrl-C, with one line on stderr)."""
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        print(f"cyfed {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

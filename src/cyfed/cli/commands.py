@@ -3,8 +3,13 @@
 partition  split one data file into per-client files (`cyfed.io.save_clients`).
 evaluate   a model file's loss and accuracy (logistic/softmax) or MSE and R²
            (squared) on a data file; under mpiexec each rank reads its own rows.
-predict    a model's predictions or class probabilities for every row of a data
-           file, written as .csv or .npy (rank 0 writes under mpiexec).
+           Class-name labels (yes/no) are coded by the model's classes.
+predict    a model's predictions (in the model's class names, when it has them)
+           or class probabilities for every row of a data file, written as .csv
+           or .npy (rank 0 writes under mpiexec).
+
+Every command reads its data with `cyfed.io.load`: --label, --dtype,
+--delimiter, --missing and --zero-based are its keywords (docs/data.md).
 
 Input errors (missing or malformed files, a model/data feature mismatch, an
 existing output without --force) print one line ``cyfed CMD: message`` on
@@ -13,6 +18,7 @@ stderr (rank 0 only) and exit 2; numerical failures exit 1.
 import argparse
 import functools
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -24,6 +30,8 @@ from cyfed.model_file import load_model
 from cyfed.models import r2_score
 
 PREDICTION_SUFFIXES = (".csv", ".npy")
+DATA_HELP = (".npy, .npz, delimited text (.csv, .tsv, ...) or LIBSVM data file; text "
+             "files may be .gz/.bz2/.xz compressed (docs/data.md)")
 
 
 class CommandError(Exception):
@@ -45,7 +53,7 @@ def _command_error(exc):
         return CommandError(str(exc), 1)
     if isinstance(exc, OSError) and exc.strerror:
         return CommandError(f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror)
-    return CommandError(str(exc))
+    return CommandError(re.sub(r'missing="(\w+)"', r"--missing \1", str(exc)))  # io's hint
 
 
 def _run(name, command, args):
@@ -81,6 +89,13 @@ def _on_rank0(comm, fn):
     return _agree(comm, lambda: fn() if comm.rank == 0 else None)
 
 
+def _load_kwargs(args):
+    """The `cyfed.io.load` keywords of the data options (`_data_options`)."""
+    return {"label": args.label, "dtype": args.dtype, "delimiter": args.delimiter,
+            "missing": args.missing,
+            "zero_based": {"true": True, "false": False}.get(args.zero_based, "auto")}
+
+
 def _check_features(model, X, args):
     """Refuse data whose feature count differs from the model's."""
     d = model["coef"].shape[0]
@@ -96,8 +111,7 @@ def partition(args, comm):
     does the work; under mpiexec the other ranks wait for it)."""
     def split():
         clients = io.load_clients(args.data, partition=args.method, n_clients=args.clients,
-                                  seed=args.seed, alpha=args.alpha, label=args.label,
-                                  dtype=args.dtype)
+                                  seed=args.seed, alpha=args.alpha, **_load_kwargs(args))
         try:
             io.save_clients(clients, args.output, args.format, force=args.force)
         except FileExistsError as exc:    # io names the keyword argument, not the option
@@ -141,8 +155,8 @@ def evaluate(args, comm):
 def _local_sums(args, comm):
     """(model, this rank's y, [loss sum, rows, correct count or sum of y])."""
     model = load_model(args.model)
-    X, y = io.load(args.data, label=args.label, dtype=args.dtype, rank=comm.rank,
-                   size=comm.size)
+    data = io.load(args.data, **_load_kwargs(args), rank=comm.rank, size=comm.size)
+    X, y = _model_codes(model, data, args)
     _check_features(model, X, args)
     if X.shape[0] == 0:
         return model, y, np.zeros(3)
@@ -151,6 +165,17 @@ def _local_sums(args, comm):
     third = (y.sum(dtype=np.float64) if loss == "squared"
              else np.count_nonzero(gradients.predict(loss, X, coef, intercept) == y))
     return model, y, np.array([value * X.shape[0], X.shape[0], third], dtype=np.float64)
+
+
+def _model_codes(model, data, args):
+    """`data` with class-name labels coded by the model's classes."""
+    if data.classes is None:
+        return data
+    if model["classes"] is None:
+        names = ", ".join(map(str, data.classes[:3])) + ", ..." * (data.classes.size > 3)
+        raise CommandError(f"{args.data} labels rows with class names ({names}), but "
+                           f"{args.model} has none (it was trained on numeric labels)")
+    return io.relabel(data, model["classes"], of=args.model, source=args.data)
 
 
 def _metrics(loss, totals, y, comm):
@@ -182,10 +207,14 @@ def predict(args, comm):
         if args.proba and model["loss"] == "squared":
             raise CommandError(f"--proba needs a logistic or softmax model; {args.model} is "
                                "a squared-loss model")
-        X, _ = io.load(args.data, label=args.label, dtype=args.dtype)
+        X, _ = io.load(args.data, **_load_kwargs(args))
         _check_features(model, X, args)
         fn = gradients.predict_proba if args.proba else gradients.predict
-        _write_predictions(out, fn(model["loss"], X, model["coef"], model["intercept"]))
+        values = fn(model["loss"], X, model["coef"], model["intercept"])
+        classes = model["classes"]
+        if classes is not None and not args.proba:
+            values = classes[values.astype(np.intp)]
+        _write_predictions(out, values, classes)
 
     _on_rank0(comm, write)
     return 0
@@ -201,14 +230,15 @@ def _prediction_path(output, force):
     return out
 
 
-def _write_predictions(out, values):
-    """.npy: the array; .csv: a header line, then one row per data row."""
+def _write_predictions(out, values, classes=None):
+    """.npy: the array; .csv: a header line (probabilities: proba_<class name or
+    code>), then one row per data row."""
     if out.suffix.lower() == ".npy":
         np.save(out, values)
         return
-    header = ("prediction" if values.ndim == 1
-              else ",".join(f"proba_{c}" for c in range(values.shape[1])))
-    fmt = "%d" if values.dtype.kind in "iu" else "%.17g"
+    names = range(values.shape[-1]) if classes is None else classes
+    header = "prediction" if values.ndim == 1 else ",".join(f"proba_{c}" for c in names)
+    fmt = {"i": "%d", "u": "%d", "U": "%s"}.get(values.dtype.kind, "%.17g")
     np.savetxt(out, values, fmt=fmt, delimiter=",", header=header, comments="")
 
 
@@ -233,22 +263,37 @@ def _label(text):
         return text
 
 
+def _delimiter(text):
+    """A CSV delimiter: "auto", "tab", "whitespace" (runs of blanks) or the text itself."""
+    return {"tab": "\t", "\\t": "\t", "whitespace": None}.get(text, text)
+
+
 def _data_options(p, unlabelled=False):
-    """--label and --dtype, which go to cyfed.io.load (unlabelled: DATA may have no
-    label column, the default)."""
+    """The options that go to cyfed.io.load: --label, --dtype, --delimiter, --missing,
+    --zero-based (unlabelled: DATA may have no label column, the default)."""
     p.add_argument("--label", type=_label, default=None if unlabelled else -1, metavar="L",
                    help="label column of a CSV/.npy file: index or header name "
                    + ("(default: none, every column is a feature)" if unlabelled else
                       "(default: the last column)") + "; ignored for .npz and LIBSVM")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float64",
                    help="dtype the data is read as (default: %(default)s)")
+    p.add_argument("--delimiter", type=_delimiter, default="auto", metavar="D",
+                   help="CSV field separator: a character, 'tab', 'whitespace' or 'auto' "
+                   "(default: by extension, sniffed for other text files)")
+    p.add_argument("--missing", choices=("drop", "mean"), default=None,
+                   help="rows with missing values (empty, NA, NaN): drop them (predict: "
+                   "no prediction for them), or fill in the column means (default: refuse "
+                   "them)")
+    p.add_argument("--zero-based", choices=("auto", "true", "false"), default="auto",
+                   help="LIBSVM feature indices start at 0 (default: auto, 0-based when "
+                   "any index is 0)")
 
 
 def _add_partition(sub):
     p = sub.add_parser("partition", help="split one data file into per-client files",
                        description="Split DATA's rows over federated clients and write "
                        "DIR/client_<k>.<format>, which load_clients reads back.")
-    p.add_argument("data", metavar="DATA", help=".npy, .npz, CSV or LIBSVM data file")
+    p.add_argument("data", metavar="DATA", help=DATA_HELP)
     p.add_argument("--clients", type=_count, required=True, metavar="N", help="clients")
     p.add_argument("--method", choices=tuple(io.PARTITIONS), required=True,
                    help="partitioner of cyfed.data (quantity: sizes ~ Dirichlet(alpha))")
@@ -269,7 +314,7 @@ def _add_evaluate(sub):
                        "MSE and R² (squared) of MODEL on DATA. Under mpiexec each rank "
                        "reads its own rows and rank 0 prints.")
     p.add_argument("model", metavar="MODEL", help="model file (.npz written by cyfed)")
-    p.add_argument("data", metavar="DATA", help=".npy, .npz, CSV or LIBSVM data file")
+    p.add_argument("data", metavar="DATA", help=DATA_HELP)
     _data_options(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=functools.partial(_run, "evaluate", evaluate))
@@ -282,7 +327,7 @@ def _add_predict(sub):
                        "(squared), class labels, or with --proba class probabilities. Under "
                        "mpiexec rank 0 writes OUT.")
     p.add_argument("model", metavar="MODEL", help="model file (.npz written by cyfed)")
-    p.add_argument("data", metavar="DATA", help=".npy, .npz, CSV or LIBSVM data file")
+    p.add_argument("data", metavar="DATA", help=DATA_HELP)
     _data_options(p, unlabelled=True)
     p.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="predictions to write: .csv (with a header line) or .npy")

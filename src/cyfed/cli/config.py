@@ -3,11 +3,12 @@
 Layout (every table optional except what the mode needs)::
 
     mode = "federated"               # or "distributed"
-    loss = "softmax"                 # squared | logistic | softmax
+    loss = "softmax"                 # squared | logistic | softmax (default: from the labels)
     [data]                           # path = a file or a directory of client files,
     path = "train.csv"               # or builtin = "fedprox-synthetic" / "digits" / ...
     label = -1                       # column index or name (CSV)
     dtype = "float64"
+    missing = "drop"                 # or "mean": rows with empty cells (default: refused)
     partition = "dirichlet"          # federated, one file: iid | dirichlet | shards | quantity
     n_clients = 100
     alpha = 0.5
@@ -33,13 +34,16 @@ Layout (every table optional except what the mode needs)::
     cv = 5                           # folds of rows (distributed) or of clients (federated)
     [output]
     model = "runs/demo/model.npz"    # history, config and checkpoint go beside it
-    checkpoint_every = 5
+    checkpoint_every = 5             # steps; or checkpoint_seconds = 60.0 (the default
+                                     # when neither is given)
 
 Overrides are ``section.key=value`` with a TOML value (``trainer.lr=0.1``,
 ``strategy.name="FedAdam"``).  Unknown keys are refused with the closest valid key.
+Without a loss, `infer_loss` picks one from the labels.
 """
 import difflib
 import inspect
+import numbers
 import sys
 
 if sys.version_info >= (3, 11):
@@ -47,7 +51,9 @@ if sys.version_info >= (3, 11):
 else:                                   # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-from cyfed import attacks, compress, io, privacy, strategies
+import numpy as np
+
+from cyfed import attacks, compress, gradients, io, privacy, strategies
 from cyfed.secagg import SecureAggregation
 from cyfed.distributed import DistributedGD
 from cyfed.federated import FederatedTrainer
@@ -56,13 +62,15 @@ TOP = {"mode", "loss", "data", "trainer", "strategy", "attack", "privacy", "secu
        "compression", "search", "output"}
 SEARCH = {"param_grid", "cv", "shuffle", "seed"}
 COMPRESSION = {"uplink", "error_feedback", "downlink"}
-DATA = {"path", "builtin", "label", "dtype", "delimiter", "header", "partition", "n_clients",
-        "alpha", "seed", "test", "test_fraction", "max_bytes"}
-OUTPUT = {"model", "checkpoint_every"}
+DATA = {"path", "builtin", "label", "dtype", "delimiter", "header", "missing", "zero_based",
+        "partition", "n_clients", "alpha", "seed", "test", "test_fraction", "max_bytes"}
+OUTPUT = {"model", "checkpoint_every", "checkpoint_seconds"}
+MAX_INFERRED_CLASSES = 20           # integer labels with more distinct values: regression
 NOT_FROM_CONFIG = {"comm", "checkpoint", "resume", "attack", "strategy", "loss", "privacy",
                    "secure_aggregation", "compression", "error_feedback", "downlink_compression"}
 PRIVACY = {"federated": privacy.ClientDP, "distributed": privacy.DPSGD}
 MODES = {"federated": FederatedTrainer, "distributed": DistributedGD}
+LOSSES = tuple(gradients.LOSSES)
 
 
 class ConfigError(ValueError):
@@ -123,10 +131,11 @@ def load(path, overrides=()):
 
 
 def validate(config):
-    """Check every key; fill defaults (mode federated, loss squared)."""
+    """Check every key; fill defaults (mode federated; loss None: `infer_loss`)."""
     _check_keys(config, TOP, "the config")
     config.setdefault("mode", "federated")
-    config.setdefault("loss", "squared")
+    if config.setdefault("loss", None) is not None and config["loss"] not in LOSSES:
+        raise _suggest(str(config["loss"]), LOSSES, "the config", "loss")
     if config["mode"] not in MODES:
         raise ConfigError(f"mode must be one of {sorted(MODES)}, got {config['mode']!r}")
     for name in ("data", "trainer", "strategy", "attack", "privacy", "secure_aggregation",
@@ -142,6 +151,9 @@ def validate(config):
     if "partition" in data and data["partition"] not in io.PARTITIONS:
         raise _suggest(str(data["partition"]), io.PARTITIONS, "[data]", "partition")
     _check_keys(config["output"], OUTPUT, "[output]")
+    seconds = config["output"].get("checkpoint_seconds", 1.0)
+    if isinstance(seconds, bool) or not isinstance(seconds, numbers.Real) or not seconds > 0:
+        raise ConfigError(f"[output] checkpoint_seconds must be a number > 0, got {seconds!r}")
     trainer_keys = keyword_names(MODES[config["mode"]]) - NOT_FROM_CONFIG
     _check_keys(config["trainer"], trainer_keys, f"[trainer] ({config['mode']})")
     if config["search"]:
@@ -261,3 +273,17 @@ def compression_options(table):
             raise ConfigError("[compression] error_feedback must be true or false")
         options["error_feedback"] = table["error_feedback"]
     return options
+
+
+def infer_loss(y, classes=None):
+    """(loss, what the labels are) for a run given no loss: class names, or at most
+    MAX_INFERRED_CLASSES distinct integers, are classes (logistic for two, softmax for
+    more); other labels are regression targets (squared)."""
+    values = np.unique(y)
+    if classes is None and not (values.size <= MAX_INFERRED_CLASSES
+                                and np.array_equal(values, np.round(values))):
+        return "squared", f"real numbers ({values.size} distinct values)"
+    names = [str(c) for c in classes] if classes is not None else [f"{v:g}" for v in values]
+    what = "class names" if classes is not None else "distinct integers"
+    shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+    return ("logistic" if len(names) <= 2 else "softmax"), f"{len(names)} {what} ({shown})"

@@ -36,20 +36,31 @@ def _records(history, source):
 
 
 def load_history(path):
-    """Read a history written by `write_history` (.json or .csv) as a list of dicts.
+    """Read a history written by `write_history` (.json, .jsonl or .csv) as a list of
+    dicts.
 
     CSV cells become floats where they can; empty cells (a key that record
-    lacked) are left out.  Raises OSError if unreadable, ValueError if invalid.
+    lacked) are left out.  A JSON Lines file of a run still going (or killed) may
+    end in a partial line, which is skipped.  Raises OSError if unreadable,
+    ValueError if invalid.
     """
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix not in (".json", ".csv"):
-        raise ValueError(f"{path}: a history file ends in .json or .csv")
+    if suffix not in (".json", ".jsonl", ".csv"):
+        raise ValueError(f"{path}: a history file ends in .json, .jsonl or .csv")
     try:
         text = path.read_text()
     except UnicodeDecodeError:
         raise ValueError(f"{path}: not a text file") from None
-    if suffix == ".json":
+    if suffix == ".jsonl":
+        lines = text.splitlines()
+        if lines and not text.endswith("\n"):
+            lines.pop()                             # a record still being written
+        try:
+            history = [json.loads(line) for line in lines if line.strip()]
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON Lines ({exc})") from None
+    elif suffix == ".json":
         try:
             history = json.loads(text)
         except json.JSONDecodeError as exc:

@@ -7,8 +7,8 @@ import numpy as np
 
 from cyfed import _validation as check
 from cyfed._params import ParamsMixin
-from cyfed import accountant, checkpoint, compress, gradients, training
-from cyfed.comm import get_comm, on_every_rank
+from cyfed import accountant, checkpoint, compress, training
+from cyfed.comm import get_comm, on_every_rank, thread_choice
 from cyfed.distributed.compressed import GradientCompression
 from cyfed.distributed.lbfgs import LBFGS
 from cyfed.distributed.local_sgd import LocalSGD
@@ -83,7 +83,9 @@ class DistributedGD(ParamsMixin):
         coefficients so X is never copied; coef_/intercept_ come back in the raw
         units (`cyfed.standardize`).  The l2 penalty applies to the scaled model.
     seed : int, seeds the batch draws (and DP noise): generators seeded by (seed, t)
-    n_threads : OpenMP threads per rank for the kernels (None: OpenMP's default)
+    n_threads : OpenMP threads per rank for the kernels (None: the cores this process
+        may use divided by the ranks on its node, or OMP_NUM_THREADS when set --
+        `cyfed.comm.thread_choice`; the choice is `n_threads_`)
     comm : Communicator or None -- None is `cyfed.comm.get_comm()`: MPI's world under
         mpiexec with more than one rank, else one process.  Pass
         `cyfed.comm.LocalComm()` to train an independent model on every rank.
@@ -279,10 +281,11 @@ class DistributedGD(ParamsMixin):
             schedule = self._check_params()
             model = as_model(self.loss, self.fit_intercept)
             data = model.prepare(X, y, sample_weight)
-            threads = check.n_threads(self.n_threads, gradients._kernels.max_threads())
+            threads = check.n_threads(self.n_threads, None)   # None: thread_choice below
             return schedule, model, data, threads, model.top_label(data)
 
         schedule, model, data, threads, top = on_every_rank(comm, check_local_input)
+        threads = self.n_threads_ = thread_choice(comm, threads)["threads"]   # collective
         data, counts, model, _ = training.bind_data(comm, model, data, top)
         if self.standardize:
             model = Standardized(model, *feature_moments(comm, data.X, model.fit_intercept))
@@ -363,7 +366,8 @@ class DistributedGD(ParamsMixin):
 
     def predict(self, X):
         """Predicted targets (squared) or labels (logistic, softmax) for local rows."""
-        return self.model_.predict(X, self.params_, n_threads=self.n_threads)
+        return self.model_.predict(X, self.params_,
+                                   n_threads=getattr(self, "n_threads_", self.n_threads))
 
     def score(self, X, y):
         """R^2 (real targets) or accuracy (labels) over all ranks' rows; collective."""

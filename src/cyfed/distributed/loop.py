@@ -130,7 +130,7 @@ class Loop:
         """Collective: W, the sum of the sample weights over every rank's rows."""
         data = self.run.data
         local = float(np.sum(data.sample_weight)) if len(data.sample_weight) else data.n
-        return float(self.run.comm.allreduce_sum(np.array([local]))[0])
+        return float(self.run.comm.allreduce_sum(np.array([local], dtype=np.float64))[0])
 
     def step(self, grad, velocity, theta, lr_t):
         """theta <- theta - lr_t step, step by the momentum rule (PyTorch's SGD):

@@ -19,7 +19,6 @@ Every rank computes the same steps from the summed buffers.
   how well q predicted f.
 """
 import numpy as np
-import scipy.linalg
 
 from cyfed.distributed.lbfgs import GTOL_DEFAULT, LBFGS
 from cyfed.distributed.loop import Loop
@@ -79,6 +78,8 @@ class NewtonCholesky(SecondOrder, LBFGS):
         free = np.ones(p, dtype=bool)
         free[model.frozen] = False
         Hf, gf = H[np.ix_(free, free)], self.grad[free]
+        import scipy.linalg     # here, not at import: it costs every CLI start ~0.3 s
+
         direction = np.zeros(p)
         try:
             direction[free] = -scipy.linalg.cho_solve(scipy.linalg.cho_factor(Hf), gf)

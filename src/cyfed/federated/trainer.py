@@ -13,9 +13,9 @@ import numpy as np
 
 from cyfed import _validation as check
 from cyfed._params import ParamsMixin
-from cyfed import checkpoint, compress, gradients, training
+from cyfed import checkpoint, compress, training
 from cyfed.attacks import Attack
-from cyfed.comm import on_every_rank
+from cyfed.comm import on_every_rank, thread_choice
 from cyfed.compress.rounds import Downlink, Uplink
 from cyfed.federated import clients as client_data
 from cyfed.federated import stages
@@ -81,7 +81,9 @@ class FederatedTrainer(ParamsMixin):
     straggler_fraction : share of sampled clients that run only 1..E-1 epochs
         (kept by FedProx, dropped by FedAvg)
     seed : seeds sampling, dropouts, stragglers and every client's shuffles
-    n_workers : threads training clients concurrently in each process
+    n_workers : threads training clients concurrently in each process (None: the cores
+        this process may use divided by the ranks on its node, or OMP_NUM_THREADS when
+        set -- `cyfed.comm.thread_choice`; the choice is `n_workers_`)
     comm : Communicator or None -- None is `cyfed.comm.get_comm()` (MPI's world
         under mpiexec with more than one rank, else one process)
     attack : cyfed.attacks.Attack or None (simulated malicious clients)
@@ -215,7 +217,7 @@ class FederatedTrainer(ParamsMixin):
             comm, lambda: (self._settings(), client_data.hosted_clients(clients, comm)))
         m = on_every_rank(comm, lambda: self._sample_size(n_clients))
         on_every_rank(comm, lambda: self.strategy.check_clients(m))
-        threads = check.n_threads(self.n_workers, gradients._kernels.max_threads())
+        threads = self.n_workers_ = thread_choice(comm, self.n_workers)["threads"]
         private = on_every_rank(comm, lambda: self._private_rounds(m, n_clients, threads))
         self.strategy_ = copy.deepcopy(self.strategy)     # server state starts fresh each fit
         model = as_model(self.loss, self.fit_intercept)
