@@ -14,6 +14,15 @@ count (1, 2), group ``hv-{loss}-{n}x{d}-{dtype}-t{threads}`` (300,000 x 100) tim
   (softmax: ``H = P * U - P * rowsum(P * U)`` with ``U = X @ V + v_b``, then ``X.T @ H``),
   in X's dtype with numpy's BLAS limited to t threads;
 
+group ``diag-{loss}-{n}x{d}-{dtype}-t{threads}`` (same shape) times TRON's preconditioner,
+the Hessian's diagonal, beside one Hessian-vector pass:
+
+* ``cyfed-hess_vec``: as above (the yardstick: goal diag <= one Hv pass);
+* ``cyfed-hessian_diag``: ``hessian.hessian_diag_sums``, one fused pass;
+* ``numpy-hessian_diag``: what ``LinearModel.hessian_diag_sums`` did before that kernel,
+  ``np.square(X_chunk, dtype=float64).T @ R_chunk`` over chunks of 8192 rows with
+  R = ``models.row_curvature`` (w_i p_ic (1 - p_ic) for softmax), plus ``R.sum(axis=0)``;
+
 and group ``hessian-{loss}-{n}x{d}-{dtype}-t{threads}`` times ``hessian.hessian_sums``
 (``cyfed-hessian``) beside numpy's ``X.T @ (D[:, None] * X)`` plus the intercept
 row (``numpy-hessian``; logistic at 300,000 x 100), or for softmax at 100,000 x 30
@@ -22,11 +31,12 @@ row (``numpy-hessian``; logistic at 300,000 x 100), or for softmax at 100,000 x 
 
 Each benchmark records its best round in ``extra_info["seconds"]``, and the last
 of a group also records the ratios (``hess_vec/loss_grad``,
-``curvature/loss_grad``, ``numpy/hess_vec``; ``numpy/hessian``), which are printed
+``curvature/loss_grad``, ``numpy/hess_vec``; ``diag/hess_vec``, ``numpy/diag``;
+``numpy/hessian``), which are printed
 as a table at the end of the run.  cyfed's and numpy's results are compared
 (relative 1e-10 in float64, 2e-4 in float32) whenever both sides of a group ran.
 
-Full run (about 75 seconds on 2 idle cores)::
+Full run (about 100 seconds on 2 idle cores; ``-k diag`` for the diagonal alone)::
 
     cd /work/main
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE PYTHONPATH=src \\
@@ -39,13 +49,31 @@ import pytest
 
 import cyfed
 from cyfed import gradients, hessian
+from cyfed.models import row_curvature
 
 DTYPES = ("float64", "float32")
 THREADS = (1, 2)
 HV_SHAPE = (300_000, 100)
 HESSIAN_SHAPES = {"logistic": (300_000, 100), "softmax": (100_000, 30)}
 RTOL = {"float64": 1e-10, "float32": 2e-4}
-HV_IMPLS = ("cyfed-loss_grad", "cyfed-hess_vec", "cyfed-curvature", "numpy-hess_vec")
+#: Per kind of group: its members (the last to run records the ratios), the
+#: (cyfed, numpy) pair whose results are cross-checked, and its ratios as
+#: (name, numerator, denominator).
+GROUPS = {
+    "hv": (("cyfed-loss_grad", "cyfed-hess_vec", "cyfed-curvature", "numpy-hess_vec"),
+           ("cyfed-hess_vec", "numpy-hess_vec"),
+           (("hess_vec/loss_grad", "cyfed-hess_vec", "cyfed-loss_grad"),
+            ("curvature/loss_grad", "cyfed-curvature", "cyfed-loss_grad"),
+            ("numpy/hess_vec", "numpy-hess_vec", "cyfed-hess_vec"))),
+    "diag": (("cyfed-hess_vec", "cyfed-hessian_diag", "numpy-hessian_diag"),
+             ("cyfed-hessian_diag", "numpy-hessian_diag"),
+             (("diag/hess_vec", "cyfed-hessian_diag", "cyfed-hess_vec"),
+              ("numpy/diag", "numpy-hessian_diag", "cyfed-hessian_diag"))),
+    "hessian": (("cyfed-hessian", "numpy-hessian"), ("cyfed-hessian", "numpy-hessian"),
+                (("numpy/hessian", "numpy-hessian", "cyfed-hessian"),)),
+}
+#: Rows per chunk of the numpy diagonal (LinearModel.hessian_diag_sums' former DIAG_CHUNK).
+NUMPY_DIAG_CHUNK = 1 << 13
 
 
 def _case_id(kind, loss, shape, dtype, threads):
@@ -55,6 +83,9 @@ def _case_id(kind, loss, shape, dtype, threads):
 HV_CASES = [pytest.param(loss, HV_SHAPE, dtype, threads,
                          id=_case_id("hv", loss, HV_SHAPE, dtype, threads))
             for dtype in DTYPES for loss in ("logistic", "softmax") for threads in THREADS]
+DIAG_CASES = [pytest.param(loss, HV_SHAPE, dtype, threads,
+                           id=_case_id("diag", loss, HV_SHAPE, dtype, threads))
+              for dtype in DTYPES for loss in ("logistic", "softmax") for threads in THREADS]
 HESSIAN_CASES = [pytest.param(loss, shape, dtype, threads,
                               id=_case_id("hessian", loss, shape, dtype, threads))
                  for loss, shape in HESSIAN_SHAPES.items() for dtype in DTYPES
@@ -97,6 +128,23 @@ def cyfed_hessian(point, *, n_threads):
     out = np.empty((point.p, point.p))
     hessian.hessian_sums(point.prepared, point.curv, None, True, out, n_threads)
     return out
+
+
+def cyfed_hessian_diag(point, *, n_threads):
+    out = np.empty(point.p)
+    hessian.hessian_diag_sums(point.prepared, point.curv, None, True, out, n_threads)
+    return out
+
+
+def numpy_hessian_diag(point, *, n_threads=None):
+    """The diagonal of sum_i H_i in numpy, in row chunks, accumulated in float64."""
+    X = point.X
+    R = row_curvature(point.prepared, point.curv)
+    diag = np.zeros((X.shape[1], point.k))
+    for start in range(0, len(X), NUMPY_DIAG_CHUNK):
+        rows = slice(start, start + NUMPY_DIAG_CHUNK)
+        diag += np.square(X[rows], dtype=np.float64).T @ R[rows]
+    return np.concatenate([diag.ravel(), R.sum(axis=0)])
 
 
 def numpy_hess_vec(point, *, n_threads=None):
@@ -154,25 +202,17 @@ def _record(benchmark, bench_data, group_key, impl, result, ratio_table):
     seen = bench_data.results.setdefault(group_key, {})
     seen[impl] = (result, seconds)
     kind, dtype = group_key[0], group_key[2]
-    cy, ref = ("cyfed-hess_vec", "numpy-hess_vec") if kind == "hv" else \
-        ("cyfed-hessian", "numpy-hessian")
+    names, (cy, ref), ratio_defs = GROUPS[kind]
     if {cy, ref} <= seen.keys() and impl in (cy, ref):
         a, b = seen[cy][0], seen[ref][0]
         err = float(np.max(np.abs(a - b)))
         scale = float(np.max(np.abs(b)))
         assert err <= RTOL[dtype] * scale, \
             f"{group_key}: |cyfed - numpy| = {err:.3g}, |numpy| = {scale:.3g}"
-    names = HV_IMPLS if kind == "hv" else ("cyfed-hessian", "numpy-hessian")
     times = {name: seen.get(name, (None, None))[1] for name in names}
     if impl != names[-1] or None in times.values():
         return
-    if kind == "hv":
-        base = times["cyfed-loss_grad"]
-        ratios = {"hess_vec/loss_grad": times["cyfed-hess_vec"] / base,
-                  "curvature/loss_grad": times["cyfed-curvature"] / base,
-                  "numpy/hess_vec": times["numpy-hess_vec"] / times["cyfed-hess_vec"]}
-    else:
-        ratios = {"numpy/hessian": times["numpy-hessian"] / times["cyfed-hessian"]}
+    ratios = {name: times[num] / times[den] for name, num, den in ratio_defs}
     benchmark.extra_info["ratios"] = ratios
     ms = ", ".join(f"{name} {t * 1e3:.1f} ms" for name, t in times.items())
     ratio_table.append(f"{benchmark.group}: " + ", ".join(
@@ -212,19 +252,40 @@ def test_loss_grad(benchmark, timed, bench_data, ratio_table, loss, shape, dtype
             "cyfed-loss_grad", None, ratio_table)
 
 
+def _bench(benchmark, timed, bench_data, ratio_table, kind, impl, fn, loss, shape, dtype,
+           threads, keep=True):
+    """Time fn on the group's Point and record it (its result too, when `keep`);
+    returns (result, point)."""
+    point = _point(bench_data, loss, shape, dtype)
+    _label(benchmark, _case_id(kind, loss, point.X.shape, dtype, threads), impl, loss,
+           point.X.shape, dtype, threads)
+    result = timed(fn, (point,), threads=threads)
+    assert np.isfinite(result).all()
+    _record(benchmark, bench_data, (kind, point.X.shape, dtype, threads, loss), impl,
+            result if keep else None, ratio_table)
+    return result, point
+
+
 @pytest.mark.parametrize("impl, fn", [("cyfed-hess_vec", cyfed_hess_vec),
                                       ("cyfed-curvature", cyfed_curvature),
                                       ("numpy-hess_vec", numpy_hess_vec)],
                          ids=["cyfed-hess_vec", "cyfed-curvature", "numpy-hess_vec"])
 @pytest.mark.parametrize("loss, shape, dtype, threads", HV_CASES)
 def test_hv(benchmark, timed, bench_data, ratio_table, impl, fn, loss, shape, dtype, threads):
-    point = _point(bench_data, loss, shape, dtype)
-    group = _case_id("hv", loss, point.X.shape, dtype, threads)
-    _label(benchmark, group, impl, loss, point.X.shape, dtype, threads)
-    result = timed(fn, (point,), threads=threads)
-    assert np.isfinite(result).all()
-    _record(benchmark, bench_data, ("hv", point.X.shape, dtype, threads, loss), impl,
-            None if impl == "cyfed-curvature" else result, ratio_table)
+    _bench(benchmark, timed, bench_data, ratio_table, "hv", impl, fn, loss, shape, dtype,
+           threads, keep=impl != "cyfed-curvature")
+
+
+@pytest.mark.parametrize("impl, fn", [("cyfed-hess_vec", cyfed_hess_vec),
+                                      ("cyfed-hessian_diag", cyfed_hessian_diag),
+                                      ("numpy-hessian_diag", numpy_hessian_diag)],
+                         ids=["cyfed-hess_vec", "cyfed-hessian_diag", "numpy-hessian_diag"])
+@pytest.mark.parametrize("loss, shape, dtype, threads", DIAG_CASES)
+def test_diag(benchmark, timed, bench_data, ratio_table, impl, fn, loss, shape, dtype,
+              threads):
+    result, point = _bench(benchmark, timed, bench_data, ratio_table, "diag", impl, fn, loss,
+                           shape, dtype, threads, keep=impl != "cyfed-hess_vec")
+    assert result.shape == (point.p,)
 
 
 @pytest.mark.parametrize("impl, fn", [("cyfed-hessian", cyfed_hessian),
@@ -233,10 +294,6 @@ def test_hv(benchmark, timed, bench_data, ratio_table, impl, fn, loss, shape, dt
 @pytest.mark.parametrize("loss, shape, dtype, threads", HESSIAN_CASES)
 def test_hessian(benchmark, timed, bench_data, ratio_table, impl, fn, loss, shape, dtype,
                  threads):
-    point = _point(bench_data, loss, shape, dtype)
-    group = _case_id("hessian", loss, point.X.shape, dtype, threads)
-    _label(benchmark, group, impl, loss, point.X.shape, dtype, threads)
-    result = timed(fn, (point,), threads=threads)
-    assert result.shape == (point.p, point.p) and np.isfinite(result).all()
-    _record(benchmark, bench_data, ("hessian", point.X.shape, dtype, threads, loss), impl,
-            result, ratio_table)
+    result, point = _bench(benchmark, timed, bench_data, ratio_table, "hessian", impl, fn,
+                           loss, shape, dtype, threads)
+    assert result.shape == (point.p, point.p)

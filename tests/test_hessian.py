@@ -9,6 +9,7 @@ from scipy.special import expit, softmax
 
 import cyfed
 from cyfed import gradients, hessian
+from cyfed.models import LinearModel, row_curvature
 from reference import LOSSES, as_working64, assert_close, make_problem, working_dtype
 
 
@@ -344,6 +345,118 @@ def test_low_level_shape_checks():
         hessian.curvature(binary, coef, b1, None, 1)
     with pytest.raises(ValueError, match="inconsistent shapes"):
         hessian.hess_vec_sums(binary, curv[:, 0].copy(), coef, b1, None, np.empty(15), 1)
+
+
+# ------------------------------------------------------------------- the Hessian's diagonal
+
+def low_level(loss, n, d, k, dtype, *, seed, weights, use_rows):
+    """(problem, curv, rows or None, k) at a random point with an intercept."""
+    X, y, coef, b, sw = make_problem(loss, n, d, k, dtype=dtype, seed=seed, intercept=True,
+                                     weights=weights)
+    problem = gradients.prepare(loss, X, y, sw)
+    coef2d = gradients.coef_2d(coef, problem.kind, problem.d, problem.dtype)
+    b1 = gradients.intercept_1d(b, coef2d.shape[1], problem.dtype)
+    rows = (np.random.default_rng(seed).integers(0, n, size=n - n // 3).astype(np.intp)
+            if use_rows else None)
+    return problem, hessian.curvature(problem, coef2d, b1, rows, 2), rows, coef2d.shape[1]
+
+
+def diag_sums(problem, curv, rows, fit_intercept, p, threads):
+    out = np.full(p, np.nan)
+    hessian.hessian_diag_sums(problem, curv, rows, fit_intercept, out, threads)
+    return out
+
+
+# 9001 x 13 (6001 rows of it with `rows`) is two threads' worth of work for every loss.
+@pytest.mark.parametrize("use_rows", [False, True], ids=["all-rows", "rows"])
+@pytest.mark.parametrize("weights", [False, True], ids=["unweighted", "weighted"])
+@pytest.mark.parametrize("loss", LOSSES)
+def test_diag_is_the_hessians_diagonal(loss, weights, use_rows, dtype, rtol):
+    d = 13
+    problem, curv, rows, k = low_level(loss, 9001, d, 4, dtype, seed=d, weights=weights,
+                                       use_rows=use_rows)
+    p, dk = d * k + k, d * k
+    H = np.empty((p, p))
+    hessian.hessian_sums(problem, curv, rows, True, H, 2)
+    diag = {t: diag_sums(problem, curv, rows, True, p, t) for t in (1, 2)}
+    for got in diag.values():
+        assert got.dtype == np.float64
+        assert_close(got, np.diag(H), rtol)
+    # threads change only the order the float64 per-thread sums are added in
+    assert_close(diag[2], diag[1], 1e-12)
+    np.testing.assert_array_equal(diag[2], diag_sums(problem, curv, rows, True, p, 2))
+    # without intercept: the coef part as before, the intercept entries 0
+    no_b = diag_sums(problem, curv, rows, False, p, 2)
+    np.testing.assert_array_equal(no_b[:dk], diag[2][:dk])
+    assert not no_b[dk:].any()
+
+
+@pytest.mark.parametrize("n", [1, 7, 9, 255, 257, 4099])
+@pytest.mark.parametrize("d", [1, 5, 17, 40])
+def test_diag_block_and_width_boundaries(n, d, dtype, rtol):
+    for loss, k in (("logistic", 1), ("softmax", 3), ("softmax", 9)):
+        problem, curv, _, k = low_level(loss, n, d, k, dtype, seed=n + d, weights=True,
+                                        use_rows=False)
+        p = d * k + k
+        H = np.empty((p, p))
+        hessian.hessian_sums(problem, curv, None, True, H, 2)
+        assert_close(diag_sums(problem, curv, None, True, p, 2), np.diag(H), rtol,
+                     float(np.max(np.abs(H))))
+
+
+@pytest.mark.parametrize("fit_intercept", [False, True], ids=["no-b", "b"])
+@pytest.mark.parametrize("loss", LOSSES)
+def test_linear_model_diag_matches_numpy(loss, fit_intercept, dtype, rtol):
+    """LinearModel.hessian_diag_sums (TRON's preconditioner) against the diagonal of its
+    hessian_sums and the numpy formula sum_i R_ic x_ij^2 on row_curvature."""
+    X, y, _, _, sw = make_problem(loss, 3001, 6, 3, dtype=dtype, seed=1, weights=True)
+    k = 3 if loss == "softmax" else 1
+    model = LinearModel(loss, fit_intercept).bind(6, k)
+    data = model.prepare(X, y, sw)
+    theta = np.random.default_rng(2).standard_normal(model.n_params) / 3
+    curv = model.curvature(data, theta, 1)
+    got = np.full(model.n_params, np.nan)
+    model.hessian_diag_sums(data, curv, got)
+    H = np.empty((model.n_params, model.n_params))
+    model.hessian_sums(data, curv, H, 1)
+    assert_close(got, np.diag(H), rtol)
+    R = row_curvature(data, curv)
+    ref = np.concatenate([(np.square(X.astype(np.float64)).T @ R).ravel(),
+                          R.sum(axis=0) if fit_intercept else np.zeros(k)])
+    assert_close(got, ref, rtol)
+    for threads in (1, 2):
+        out = np.full(model.n_params, np.nan)
+        model.hessian_diag_sums(data, curv, out, threads)
+        assert_close(out, ref, rtol)
+
+
+def test_diag_low_level_edges_and_bad_input():
+    problem, curv, _, k = low_level("softmax", 50, 4, 3, np.float64, seed=0, weights=True,
+                                    use_rows=False)
+    empty = np.empty(0, dtype=np.intp)
+    out = diag_sums(problem, curv[:0], empty, True, 15, 1)
+    assert not out.any()
+    with pytest.raises(ValueError, match="out must have 15 entries"):
+        hessian.hessian_diag_sums(problem, curv, None, True, np.empty(14), 1)
+    with pytest.raises(ValueError, match="curv must hold 7 x 3"):
+        hessian.hessian_diag_sums(problem, curv, np.arange(7), True, np.empty(15), 1)
+    with pytest.raises(ValueError, match=re.escape("rows[1]")):
+        hessian.hessian_diag_sums(problem, curv[:2], np.array([0, 50]), True, np.empty(15), 1)
+    with pytest.raises(ValueError, match=re.escape("rows[0]")):
+        hessian.hessian_diag_sums(problem, curv[:1], np.array([-1]), True, np.empty(15), 1)
+    bad = problem.sample_weight.copy()
+    bad[9] = -1
+    negative = gradients.Problem("softmax", problem.X, problem.y, bad)
+    with pytest.raises(ValueError, match=re.escape("sample_weight[9]")):
+        hessian.hessian_diag_sums(negative, curv, None, True, np.empty(15), 1)
+    kernel = hessian._kernels.hessian_diag_sums
+    binary = gradients.prepare("logistic", problem.X, (problem.y > 0).astype(float))
+    with pytest.raises(ValueError, match="inconsistent shapes"):      # binary with k = 3
+        kernel(binary.kind, binary.X, binary.sample_weight, empty, curv.ravel(), 3, True,
+               np.empty(15), 1)
+    with pytest.raises(ValueError, match="inconsistent shapes"):      # weights of 49 rows
+        kernel(problem.kind, problem.X, problem.sample_weight[:49], empty, curv.ravel(), 3,
+               True, np.empty(15), 1)
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -1,8 +1,6 @@
 import numpy as np
 import numpy.typing as npt
 
-def have_openmp() -> bool: ...
-def max_threads() -> int: ...
 def curvature(
     kind: int,
     X: npt.NDArray[np.floating],
@@ -26,6 +24,17 @@ def hess_vec_sums(
     n_threads: int,
 ) -> tuple[int, int]: ...
 def hessian_sums(
+    kind: int,
+    X: npt.NDArray[np.floating],
+    sample_weight: npt.NDArray[np.floating],
+    rows: npt.NDArray[np.intp],
+    curv: npt.NDArray[np.float64],
+    k: int,
+    fit_intercept: bool,
+    out: npt.NDArray[np.float64],
+    n_threads: int,
+) -> tuple[int, int]: ...
+def hessian_diag_sums(
     kind: int,
     X: npt.NDArray[np.floating],
     sample_weight: npt.NDArray[np.floating],

@@ -16,19 +16,27 @@ register-blocked syrk of _hessian_ops.h (single-threaded BLAS syrk on the same
 blocks measured ~20% slower, and a BLAS called from these threads would start
 threads of its own).
 
-Threads as in _losses: each takes a contiguous range of blocks and its own float64
-accumulator, and the per-thread sums are added in thread order, so a result
-depends on the thread count only.  Sums, not means: scaling and the L2 term are
+`hessian_diag_sums` the diagonal of that sum in one pass (TRON's preconditioner):
+each block of rows is squared into scratch and sum_i R_ic x_ij^2 accumulated by
+the Hv pass's micro-kernels (R_ic = D_i, softmax w_i P_ic (1 - P_ic)).
+
+Row blocks, thread counts and kernel statuses come from _vector_math.pxd (shared
+with _losses; have_openmp / max_threads are cyfed._losses').  Threads as in
+_losses: each takes a contiguous range of blocks and its own float64 accumulator,
+and the per-thread sums are added in thread order, so a result depends on the
+thread count only.  Sums, not means: scaling and the L2 term are
 the caller's business.
 """
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport sqrt
 
-from cyfed._vector_math cimport (KIND_LOGISTIC, KIND_SOFTMAX, KIND_SQUARED, axpy8,
-                                 cyfed_have_openmp, cyfed_max_threads, cyfed_prefetch_l2,
-                                 dot8, gemv4, gemv4_vec, ger4, ger4_vec, softmax_lanes,
+from cyfed._vector_math cimport (BLOCK_BYTES, KIND_LOGISTIC, KIND_SOFTMAX, KIND_SQUARED,
+                                 MAX_BLOCK_ROWS, axpy8, block_margins, block_rows, check_row,
+                                 choose_threads, ger4, ger4_vec, next_block, softmax_lanes,
                                  softmax_vectors)
+# kernel statuses: the values of cyfed._losses.Status
+from cyfed._vector_math cimport STATUS_OK as OK
 
 cdef extern from "_vector_math.h" nogil:
     double cyfed_exp_neg_d(double x)
@@ -43,51 +51,11 @@ cdef extern from "_hessian_ops.h" nogil:
 
 import numpy as np
 
-cdef enum:                  # kernel status: the values of cyfed._losses.Status
-    OK = 0
-    BAD_LABEL = 1
-    NEGATIVE_WEIGHT = 2
-    BAD_ROW = 3
-
-# Rows per block of the curvature and Hv passes: as _losses (the block stays in L1
-# between X_b v and X_b^T h).
-cdef Py_ssize_t BLOCK_BYTES = 16 * 1024
-cdef Py_ssize_t MAX_BLOCK_ROWS = 256
+# Rows per block of the curvature, Hv and diagonal passes: _vector_math's BLOCK_BYTES /
+# MAX_BLOCK_ROWS, as _losses (the block stays in L1 between X_b v and X_b^T h).
 # Rows per block of the Hessian: its two packed float64 copies stay in L2.
 cdef Py_ssize_t HESSIAN_BLOCK_BYTES = 256 * 1024
 cdef Py_ssize_t MAX_HESSIAN_ROWS = 512
-# Below this many multiply-adds a call runs on one thread (fork/join costs more).
-cdef Py_ssize_t MIN_WORK_PER_THREAD = 1 << 15
-
-
-def have_openmp():
-    """True when the kernels were compiled with OpenMP."""
-    return bool(cyfed_have_openmp())
-
-
-def max_threads():
-    """Threads a kernel uses by default (OpenMP's max, honours OMP_NUM_THREADS)."""
-    return cyfed_max_threads()
-
-
-cdef Py_ssize_t block_rows(Py_ssize_t row_bytes, Py_ssize_t block_bytes,
-                           Py_ssize_t max_rows) noexcept nogil:
-    """Rows per block: a multiple of 8 in [8, max_rows]."""
-    cdef Py_ssize_t b = block_bytes // row_bytes
-    if b > max_rows:
-        b = max_rows
-    b -= b % 8
-    return b if b >= 8 else 8
-
-
-cdef Py_ssize_t choose_threads(Py_ssize_t requested, Py_ssize_t n_blocks,
-                               Py_ssize_t work) noexcept nogil:
-    cdef Py_ssize_t nt = requested
-    if nt > n_blocks:
-        nt = n_blocks
-    if nt > 1 and work < MIN_WORK_PER_THREAD * nt:
-        nt = work // MIN_WORK_PER_THREAD
-    return nt if nt >= 1 else 1
 
 
 cdef int gather(const floating *X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t k, int kind,
@@ -97,74 +65,18 @@ cdef int gather(const floating *X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t k, int
     """Row pointers and weights of block rows start..start+m-1, validated (labels
     only when y is not NULL), padded to a multiple of 8 with weight-0 copies of
     the first row."""
-    cdef Py_ssize_t i, row, label
-    cdef floating yv
-    cdef double wv
+    cdef Py_ssize_t i, row
+    cdef int status
     for i in range(m):
-        row = rows[start + i] if rows != NULL else start + i
-        if row < 0 or row >= n:
-            bad[0] = start + i
-            return BAD_ROW
-        if y != NULL:
-            yv = y[row]
-            if kind == KIND_LOGISTIC and yv != 0 and yv != 1:
-                bad[0] = row
-                return BAD_LABEL
-            if kind == KIND_SOFTMAX:
-                label = <Py_ssize_t>yv if (yv >= 0 and yv < k) else -1
-                if label < 0 or label != yv:
-                    bad[0] = row
-                    return BAD_LABEL
-        wv = sw[row] if sw != NULL else 1.0
-        if wv < 0:
-            bad[0] = row
-            return NEGATIVE_WEIGHT
+        status = check_row(kind, n, k, y, sw, rows, start + i, &row, bad)
+        if status != OK:
+            return status
         xp[i] = X + row * d
-        wb[i] = wv
+        wb[i] = sw[row] if sw != NULL else 1.0
     for i in range(m, (m + 7) & ~7):
         xp[i] = xp[0]
         wb[i] = 0
     return OK
-
-
-cdef void prefetch_next(const floating *X, Py_ssize_t d, Py_ssize_t n_rows, Py_ssize_t start,
-                        Py_ssize_t B, Py_ssize_t i, Py_ssize_t step,
-                        Py_ssize_t mp) noexcept nogil:
-    """Prefetch the slice of the next block's rows that belongs to rows i..i+step-1
-    of this one (contiguous rows only: a row subset is not predictable)."""
-    cdef Py_ssize_t rest = n_rows - start - B
-    if rest <= 0:
-        return
-    cdef Py_ssize_t nbytes = (rest if rest < B else B) * d * sizeof(floating)
-    cyfed_prefetch_l2(<const char *>(X + (start + B) * d) + nbytes * i // mp,
-                      nbytes * (i + step) // mp - nbytes * i // mp)
-
-
-cdef void block_margins(const floating **xp, Py_ssize_t mp, Py_ssize_t d, Py_ssize_t k,
-                        Py_ssize_t kp, int nv, const floating *W, const floating *bpad,
-                        floating *z, const floating *X, Py_ssize_t n_rows, Py_ssize_t start,
-                        Py_ssize_t B, bint ahead) noexcept nogil:
-    """z (mp, kp) = x W + bpad for the mp rows xp (k = 1: z (mp,)); with `ahead`
-    the next block is prefetched along the way."""
-    cdef Py_ssize_t i, u, c
-    if k == 1:
-        for i in range(0, mp, 8):
-            if ahead:
-                prefetch_next(X, d, n_rows, start, B, i, 8, mp)
-            dot8(xp + i, W, d, z + i)
-        for i in range(mp):
-            z[i] += bpad[0]
-        return
-    for i in range(0, mp, 4):
-        if ahead:
-            prefetch_next(X, d, n_rows, start, B, i, 4, mp)
-        for u in range(4):
-            for c in range(kp):
-                z[(i + u) * kp + c] = bpad[c]
-        if nv > 0:
-            gemv4_vec(xp + i, 4, W, d, nv, z + i * kp, kp)
-        else:
-            gemv4(xp + i, W, d, k, z + i * k)
 
 
 cdef inline double logistic_curvature(double z) noexcept nogil:
@@ -180,7 +92,8 @@ cdef int curvature_blocks(int kind, const floating *X, Py_ssize_t n, Py_ssize_t 
                           const floating *bpad, double *out, floating *z,
                           const floating **xp, double *wb, Py_ssize_t *bad) noexcept nogil:
     """Curvature of the rows of blocks b0..b1-1 into out (row-major, k per row)."""
-    cdef Py_ssize_t blk, start, m, mp, i, c
+    cdef Py_ssize_t blk, start, m, mp, i, c, ahead_bytes
+    cdef const char *ahead = NULL
     cdef int status
     cdef double mx, e, s
     cdef const floating *zi
@@ -196,8 +109,8 @@ cdef int curvature_blocks(int kind, const floating *X, Py_ssize_t n, Py_ssize_t 
             for i in range(m):
                 out[start + i] = 2.0 * wb[i]
             continue
-        block_margins(xp, mp, d, k if kind == KIND_SOFTMAX else 1, kp, nv, W, bpad, z, X,
-                      n_rows, start, B, rows == NULL)
+        ahead_bytes = next_block(X, d, n_rows, start, B, &ahead) if rows == NULL else 0
+        block_margins(kind, xp, mp, d, k, kp, nv, W, bpad, True, z, ahead, ahead_bytes)
         if kind == KIND_LOGISTIC:
             for i in range(m):
                 out[start + i] = wb[i] * logistic_curvature(z[i])
@@ -296,6 +209,61 @@ def curvature(int kind, const floating[:, ::1] X, const floating[::1] y,
     return OK, -1
 
 
+cdef object thread_sums(const int[::1] status, const Py_ssize_t[::1] bad,
+                        const double[:, ::1] gacc, Py_ssize_t d, Py_ssize_t k, Py_ssize_t kp,
+                        double[::1] out):
+    """(status, bad_index) of the first thread that failed; else (OK, -1), out (zeroed)
+    gaining the threads' accumulators in thread order (a row of gacc: d * kp coef
+    entries, padding columns skipped, then k intercept entries)."""
+    cdef Py_ssize_t t, j, c
+    for t in range(status.shape[0]):
+        if status[t] != OK:
+            return status[t], bad[t]
+    for t in range(gacc.shape[0]):
+        for j in range(d):
+            for c in range(k):
+                out[j * k + c] += gacc[t, j * kp + c]
+        for c in range(k):
+            out[d * k + c] += gacc[t, d * kp + c]
+    return OK, -1
+
+
+cdef void add_block_products(const floating **xp, floating *h, Py_ssize_t m, Py_ssize_t mp,
+                             Py_ssize_t d, Py_ssize_t k, Py_ssize_t kp, int nv, int kind,
+                             floating *gblk, double *gacc) noexcept nogil:
+    """gacc[j kp + c] += sum_i x_ij h_ic over a block's rows xp (h: m rows of kp
+    multipliers, 1 unless softmax; its padding rows up to mp are zeroed here).
+
+    float64 data accumulates straight into gacc; float32 data sums the block in
+    float32 into gblk (full SIMD width) and adds that into gacc, so rounding does
+    not grow with n.
+    """
+    cdef floating *gsum
+    cdef Py_ssize_t i
+    if floating is double:
+        gsum = gacc
+    else:
+        gsum = gblk
+        for i in range(d * kp):
+            gsum[i] = 0
+    if kind != KIND_SOFTMAX:
+        for i in range(m, mp):
+            h[i] = 0
+        for i in range(0, mp, 8):
+            axpy8(gsum, h + i, xp + i, d)
+    else:
+        for i in range(m * kp, mp * kp):
+            h[i] = 0
+        for i in range(0, mp, 4):
+            if nv > 0:
+                ger4_vec(gsum, xp + i, 4, h + i * kp, kp, d, nv)
+            else:
+                ger4(gsum, xp + i, h + i * k, d, k)
+    if floating is float:
+        for i in range(d * kp):
+            gacc[i] += gsum[i]
+
+
 cdef int hv_blocks(int kind, const floating *X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t k,
                    Py_ssize_t kp, int nv, const floating *sw, const Py_ssize_t *rows,
                    Py_ssize_t n_rows, Py_ssize_t B, Py_ssize_t b0, Py_ssize_t b1,
@@ -303,17 +271,9 @@ cdef int hv_blocks(int kind, const floating *X, Py_ssize_t n, Py_ssize_t d, Py_s
                    floating *u, floating *gblk, const floating **xp, double *wb,
                    double *gacc, Py_ssize_t *bad) noexcept nogil:
     """sum_i H_i v over blocks b0..b1-1 into this thread's gacc (d * kp coef entries,
-    then k intercept entries).
-
-    float64 data accumulates X^T h straight into gacc; float32 data sums each
-    block in float32 (full SIMD width) and adds the block's sums into gacc.
-    """
-    cdef floating *gsum
-    if floating is double:
-        gsum = gacc
-    else:
-        gsum = gblk
-    cdef Py_ssize_t blk, start, m, mp, i, c
+    then k intercept entries)."""
+    cdef Py_ssize_t blk, start, m, mp, i, c, ahead_bytes
+    cdef const char *ahead = NULL
     cdef int status
     cdef double h, pu
     cdef floating *ui
@@ -327,10 +287,8 @@ cdef int hv_blocks(int kind, const floating *X, Py_ssize_t n, Py_ssize_t d, Py_s
                         bad)
         if status != OK:
             return status
-        if floating is float:
-            for i in range(d * kp):
-                gsum[i] = 0
-        block_margins(xp, mp, d, k, kp, nv, V, vpad, u, X, n_rows, start, B, rows == NULL)
+        ahead_bytes = next_block(X, d, n_rows, start, B, &ahead) if rows == NULL else 0
+        block_margins(kind, xp, mp, d, k, kp, nv, V, vpad, True, u, ahead, ahead_bytes)
         if kind != KIND_SOFTMAX:
             # h_i = D_i u_i
             for i in range(m):
@@ -338,10 +296,6 @@ cdef int hv_blocks(int kind, const floating *X, Py_ssize_t n, Py_ssize_t d, Py_s
                 u[i] = <floating>h
                 if has_b:
                     bacc[0] += h
-            for i in range(m, mp):
-                u[i] = 0
-            for i in range(0, mp, 8):
-                axpy8(gsum, u + i, xp + i, d)
         else:
             # h_i = w_i P_i * (u_i - P_i . u_i); padding lanes of u stay 0
             for i in range(m):
@@ -355,16 +309,7 @@ cdef int hv_blocks(int kind, const floating *X, Py_ssize_t n, Py_ssize_t d, Py_s
                     ui[c] = <floating>h
                     if has_b:
                         bacc[c] += h
-            for i in range(m * kp, mp * kp):
-                u[i] = 0
-            for i in range(0, mp, 4):
-                if nv > 0:
-                    ger4_vec(gsum, xp + i, 4, u + i * kp, kp, d, nv)
-                else:
-                    ger4(gsum, xp + i, u + i * k, d, k)
-        if floating is float:
-            for i in range(d * kp):
-                gacc[i] += gsum[i]
+        add_block_products(xp, u, m, mp, d, k, kp, nv, kind, gblk, gacc)
     return OK
 
 
@@ -412,23 +357,126 @@ def hess_vec_sums(int kind, const floating[:, ::1] X, const floating[::1] sample
     cdef const floating *swp = &sample_weight[0] if sample_weight.shape[0] > 0 else NULL
     cdef const Py_ssize_t *rp = &rows[0] if rows.shape[0] > 0 else NULL
     cdef bint has_b = v_intercept.shape[0] > 0
-    cdef Py_ssize_t t, j, c
+    cdef Py_ssize_t t
     for t in prange(nt, nogil=True, num_threads=nt, schedule="static", chunksize=1):
         status[t] = hv_blocks(
             kind, &X[0, 0], n, d, k, kp, nv, swp, rp, n_rows, B,
             t * n_blocks // nt, (t + 1) * n_blocks // nt, &curv[0], &V[0, 0], &vpad[0], has_b,
             &u[t, 0], &gblk[t, 0], <const floating **>&xptr[t, 0], &wb[t, 0], &gacc[t, 0],
             &bad[t])
-    for t in range(nt):
-        if status[t] != OK:
-            return status[t], bad[t]
-    for t in range(nt):
+    return thread_sums(status, bad, gacc, d, k, kp, out)
+
+
+cdef void square_rows(const floating **xp, Py_ssize_t mp, Py_ssize_t d,
+                      floating *xsq) noexcept nogil:
+    """xsq[i d + j] = xp[i][j]^2 for the mp rows xp, which then point into xsq.
+
+    No software prefetch of the next block here (unlike the margins' passes): on
+    300,000 x 100 it made the pass ~1.4x slower than the hardware prefetcher alone,
+    the whole next block's prefetches being issued in one burst."""
+    cdef Py_ssize_t i, j
+    cdef const floating *x
+    cdef floating *o
+    for i in range(mp):
+        x = xp[i]
+        o = xsq + i * d
         for j in range(d):
-            for c in range(k):
-                out[j * k + c] += gacc[t, j * kp + c]
-        for c in range(k):
-            out[d * k + c] += gacc[t, d * kp + c]
-    return OK, -1
+            o[j] = x[j] * x[j]
+        xp[i] = o
+
+
+cdef int diag_blocks(int kind, const floating *X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t k,
+                     Py_ssize_t kp, int nv, const floating *sw, const Py_ssize_t *rows,
+                     Py_ssize_t n_rows, Py_ssize_t B, Py_ssize_t b0, Py_ssize_t b1,
+                     const double *curv, bint has_b, floating *xsq, floating *r,
+                     floating *gblk, const floating **xp, double *wb, double *gacc,
+                     Py_ssize_t *bad) noexcept nogil:
+    """The diagonal of sum_i H_i over blocks b0..b1-1 into this thread's gacc: entry
+    j kp + c gains sum_i R_ic x_ij^2 and (has_b) entry d kp + c sum_i R_ic, with
+    R_ic = D_i (binary) or w_i P_ic (1 - P_ic) (softmax).  The block's rows are
+    squared into xsq and summed against R as the Hv pass sums X_b^T h."""
+    cdef Py_ssize_t blk, start, m, mp, i, c
+    cdef int status
+    cdef double h
+    cdef const double *pi
+    cdef floating *ri
+    cdef double *bacc = gacc + d * kp
+    for blk in range(b0, b1):
+        start = blk * B
+        m = n_rows - start if n_rows - start < B else B
+        mp = (m + 7) & ~7
+        status = gather(X, n, d, k, kind, <const floating *>NULL, sw, rows, start, m, xp, wb,
+                        bad)
+        if status != OK:
+            return status
+        square_rows(xp, mp, d, xsq)
+        if kind != KIND_SOFTMAX:
+            for i in range(m):
+                h = curv[start + i]
+                r[i] = <floating>h
+                if has_b:
+                    bacc[0] += h
+        else:
+            for i in range(m):
+                pi = curv + (start + i) * k
+                ri = r + i * kp
+                for c in range(k):
+                    h = wb[i] * pi[c] * (1.0 - pi[c])
+                    ri[c] = <floating>h
+                    if has_b:
+                        bacc[c] += h
+                for c in range(k, kp):
+                    ri[c] = 0
+        add_block_products(xp, r, m, mp, d, k, kp, nv, kind, gblk, gacc)
+    return OK
+
+
+def hessian_diag_sums(int kind, const floating[:, ::1] X, const floating[::1] sample_weight,
+                      const Py_ssize_t[::1] rows, const double[::1] curv, Py_ssize_t k,
+                      bint fit_intercept, double[::1] out, int n_threads):
+    """out (d*k + k,) = the diagonal of hessian_sums' result, in one pass over X:
+    sum_i R_ic x_ij^2 at j k + c, then sum_i R_ic at d k + c (0 when not
+    fit_intercept), R_ic = D_i (squared, logistic) or w_i P_ic (1 - P_ic) (softmax).
+
+    curv is `curvature`'s output for the same rows.  Returns (status, bad_index):
+    BAD_ROW or NEGATIVE_WEIGHT as loss_grad_sums.
+    """
+    cdef Py_ssize_t n = X.shape[0], d = X.shape[1]
+    cdef Py_ssize_t n_rows = rows.shape[0] if rows.shape[0] > 0 else n
+    if sample_weight.shape[0] not in (0, n) or k < 1 or (kind != KIND_SOFTMAX and k != 1):
+        raise ValueError("hessian_diag_sums: inconsistent shapes of X, sample_weight, k")
+    check_rows_shape(curv.shape[0], n_rows, "curv", k if kind == KIND_SOFTMAX else 1)
+    if out.shape[0] != d * k + k:
+        raise ValueError(f"out must have {d * k + k} entries, got {out.shape[0]}")
+    out[:] = 0
+    if n_rows == 0 or n == 0:
+        return OK, -1
+    cdef Py_ssize_t kp
+    cdef int nv = layout(kind, k, &X[0, 0], &kp)
+    # the squared block (not X's, which is read once) stays in L1 for the accumulation
+    cdef Py_ssize_t B = block_rows(d * sizeof(floating), BLOCK_BYTES, MAX_BLOCK_ROWS)
+    cdef Py_ssize_t n_blocks = (n_rows + B - 1) // B
+    cdef Py_ssize_t nt = choose_threads(n_threads, n_blocks, n_rows * d * k)
+    cdef Py_ssize_t stride = (d * kp + k + 7) & ~7     # threads' accumulators 64 bytes apart
+    dtype = np.float32 if floating is float else np.float64
+    cdef floating[:, ::1] xsq = np.empty((nt, B * d), dtype=dtype)
+    cdef floating[:, ::1] r = np.empty((nt, B * kp), dtype=dtype)
+    cdef floating[:, ::1] gblk = np.empty((nt, stride if floating is float else 1), dtype=dtype)
+    cdef double[:, ::1] wb = np.empty((nt, B + 8), dtype=np.float64)
+    cdef size_t[:, ::1] xptr = np.empty((nt, B + 8), dtype=np.uintp)
+    cdef double[:, ::1] gacc = np.zeros((nt, stride), dtype=np.float64)
+    cdef int[::1] status = np.zeros(nt, dtype=np.intc)
+    cdef Py_ssize_t[::1] bad = np.full(nt, -1, dtype=np.intp)
+    cdef const floating *swp = &sample_weight[0] if sample_weight.shape[0] > 0 else NULL
+    cdef const Py_ssize_t *rp = &rows[0] if rows.shape[0] > 0 else NULL
+    cdef Py_ssize_t t
+    for t in prange(nt, nogil=True, num_threads=nt, schedule="static", chunksize=1):
+        status[t] = diag_blocks(
+            kind, &X[0, 0], n, d, k, kp, nv, swp, rp, n_rows, B,
+            t * n_blocks // nt, (t + 1) * n_blocks // nt, &curv[0], fit_intercept,
+            &xsq[t, 0], &r[t, 0], &gblk[t, 0], <const floating **>&xptr[t, 0], &wb[t, 0],
+            &gacc[t, 0], &bad[t])
+    return thread_sums(status, bad, gacc, d, k, kp, out)
 
 
 cdef void scaled_row(double *t, const floating *x, Py_ssize_t d, bint has_b,

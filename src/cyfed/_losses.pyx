@@ -19,10 +19,11 @@ from cython cimport floating
 from cython.parallel cimport prange
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 
-from cyfed._vector_math cimport (CYFED_NARROW_MAX, CYFED_SOFTMAX_WORK, axpy8, check_block,
-                                 clip_rows, cyfed_have_openmp, cyfed_max_threads,
-                                 cyfed_prefetch_l2, dot8, gemv4, gemv4_vec, ger4, ger4_vec, link,
-                                 narrow, softmax_lanes, softmax_vectors)
+from cyfed._vector_math cimport (BLOCK_BYTES, CYFED_NARROW_MAX, CYFED_SOFTMAX_WORK,
+                                 MAX_BLOCK_ROWS, axpy8, block_margins, block_rows, check_block,
+                                 check_row, choose_threads, clip_rows, cyfed_have_openmp,
+                                 cyfed_max_threads, dot8, gemv4, ger4, ger4_vec, link, narrow,
+                                 next_block, softmax_lanes, softmax_vectors)
 
 import numpy as np
 
@@ -31,18 +32,11 @@ cpdef enum LossKind:      # the values of _vector_math.pxd's KIND_* constants
     LOGISTIC = 1
     SOFTMAX = 2
 
-cpdef enum Status:
+cpdef enum Status:         # the values of _vector_math.pxd's STATUS_* constants
     OK = 0
     BAD_LABEL = 1          # label not in {0, 1} (logistic) or 0..k-1 (softmax)
     NEGATIVE_WEIGHT = 2    # sample_weight < 0
     BAD_ROW = 3            # row index outside [0, n)
-
-# Rows of X per block: the block stays in L1 between the margin and gradient passes.
-cdef Py_ssize_t BLOCK_BYTES = 16 * 1024
-cdef Py_ssize_t MAX_BLOCK_ROWS = 256
-# Below this many multiply-adds a call runs on one thread (fork/join costs more).
-cdef Py_ssize_t MIN_WORK_PER_THREAD = 1 << 15
-
 
 def have_openmp():
     """True when the kernels were compiled with OpenMP."""
@@ -52,25 +46,6 @@ def have_openmp():
 def max_threads():
     """Threads a kernel uses by default (OpenMP's max, honours OMP_NUM_THREADS)."""
     return cyfed_max_threads()
-
-
-cdef Py_ssize_t block_rows(Py_ssize_t d, Py_ssize_t itemsize) noexcept nogil:
-    """Rows per block: a multiple of 8 in [8, MAX_BLOCK_ROWS]."""
-    cdef Py_ssize_t b = BLOCK_BYTES // (d * itemsize)
-    if b > MAX_BLOCK_ROWS:
-        b = MAX_BLOCK_ROWS
-    b -= b % 8
-    return b if b >= 8 else 8
-
-
-cdef Py_ssize_t choose_threads(Py_ssize_t requested, Py_ssize_t n_blocks,
-                               Py_ssize_t work) noexcept nogil:
-    cdef Py_ssize_t nt = requested
-    if nt > n_blocks:
-        nt = n_blocks
-    if nt > 1 and work < MIN_WORK_PER_THREAD * nt:
-        nt = work // MIN_WORK_PER_THREAD
-    return nt if nt >= 1 else 1
 
 
 cdef int gather_block(int kind, Py_ssize_t n, Py_ssize_t d, Py_ssize_t k,
@@ -83,29 +58,16 @@ cdef int gather_block(int kind, Py_ssize_t n, Py_ssize_t d, Py_ssize_t k,
 
     Pads the block to a multiple of 8 with weight-0 copies of its first row.
     """
-    cdef Py_ssize_t i, row, label
-    cdef floating yv, wv
+    cdef Py_ssize_t i, row
+    cdef int status
+    cdef floating wv
     for i in range(m):
-        row = rows[start + i] if rows != NULL else start + i
-        if row < 0 or row >= n:
-            bad[0] = start + i
-            return BAD_ROW
-        yv = y[row]
-        if kind == LOGISTIC:
-            if yv != 0 and yv != 1:
-                bad[0] = row
-                return BAD_LABEL
-        elif kind == SOFTMAX:
-            label = <Py_ssize_t>yv if (yv >= 0 and yv < k) else -1
-            if label < 0 or label != yv:
-                bad[0] = row
-                return BAD_LABEL
+        status = check_row(kind, n, k, y, sw, rows, start + i, &row, bad)
+        if status != OK:
+            return status
         wv = sw[row] if sw != NULL else 1
-        if wv < 0:
-            bad[0] = row
-            return NEGATIVE_WEIGHT
         xp[i] = X + row * d
-        yb[i] = yv
+        yb[i] = y[row]
         wb[i] = wv
         if row_sq != NULL:
             nsq[i] = row_sq[row]
@@ -169,7 +131,7 @@ cdef int run_blocks(int kind, const floating *X, Py_ssize_t n, Py_ssize_t d, Py_
     else:
         gsum = <floating *>s.gblk
     cdef Py_ssize_t n_grad = d * kp + k
-    cdef Py_ssize_t blk, start, m, mp, i, c, u, off
+    cdef Py_ssize_t blk, start, m, mp, i, c, off
     cdef int status
     cdef double loss = 0.0, wsum = 0.0
     cdef double intercept_sq = 1.0 if intercept != NULL else 0.0
@@ -213,33 +175,11 @@ cdef int run_blocks(int kind, const floating *X, Py_ssize_t n, Py_ssize_t d, Py_
                            nsq, clip_sq, &n_clipped)
             flush_block(gacc, gsum, n_grad)
             continue
-        if rows == NULL and blk + 1 < b1:
-            # the next block's rows, requested a slice per group of this block's rows
-            ahead = <const char *>(X + (start + B) * d)
-            ahead_bytes = (n_rows - start - B if n_rows - start - B < B else B) * d * sizeof(floating)
-        else:
-            ahead_bytes = 0
-        if kind == SOFTMAX:
-            for i in range(0, mp, 4):
-                if ahead_bytes > 0:
-                    cyfed_prefetch_l2(ahead + ahead_bytes * i // mp,
-                                      ahead_bytes * (i + 4) // mp - ahead_bytes * i // mp)
-                for u in range(4):
-                    for c in range(kp):
-                        zb[(i + u) * kp + c] = bpad[c]
-                if nv > 0:
-                    gemv4_vec(xp + i, 4, coef, d, nv, zb + i * kp, kp)
-                else:
-                    gemv4(xp + i, coef, d, k, zb + i * k)
-        else:
-            for i in range(0, mp, 8):
-                if ahead_bytes > 0:
-                    cyfed_prefetch_l2(ahead + ahead_bytes * i // mp,
-                                      ahead_bytes * (i + 8) // mp - ahead_bytes * i // mp)
-                dot8(xp + i, coef, d, zb + i)
-            if intercept != NULL:
-                for i in range(mp):
-                    zb[i] += intercept[0]
+        # the next block's rows (this thread's), requested a slice per group of this block's
+        ahead_bytes = next_block(X, d, n_rows, start, B, &ahead) \
+            if rows == NULL and blk + 1 < b1 else 0
+        block_margins(kind, xp, mp, d, k, kp, nv, coef, bpad, intercept != NULL, zb, ahead,
+                      ahead_bytes)
         loss += link(kind, zb, yb, wb, mp, k, kp, <floating *>s.work)
         if row_sq != NULL:
             n_clipped += clip_rows(zb, m, k, kp, nsq, clip_sq, intercept_sq)
@@ -295,7 +235,7 @@ def loss_grad_sums(int kind, const floating[:, ::1] X, const floating[::1] y,
     # softmax with few classes: pad W to nv whole vectors per row
     cdef int nv = softmax_vectors(k, &X[0, 0]) if kind == SOFTMAX and n > 0 else 0
     cdef Py_ssize_t kp = nv * softmax_lanes(&X[0, 0]) if nv > 0 else k
-    cdef Py_ssize_t B = block_rows(d * kp, sizeof(floating))
+    cdef Py_ssize_t B = block_rows(d * kp * sizeof(floating), BLOCK_BYTES, MAX_BLOCK_ROWS)
     cdef Py_ssize_t n_blocks = (n_rows + B - 1) // B
     cdef Py_ssize_t nt = choose_threads(n_threads, n_blocks, n_rows * d * k)
     cdef Py_ssize_t stride = (d * kp + k + 7) & ~7     # threads' accumulators 64 bytes apart

@@ -92,6 +92,48 @@ cdef enum:
     KIND_SOFTMAX = 2
 
 
+# Kernel statuses of the fused passes (cyfed._losses.Status mirrors these values and
+# documents them).
+cdef enum:
+    STATUS_OK = 0
+    STATUS_BAD_LABEL = 1
+    STATUS_NEGATIVE_WEIGHT = 2
+    STATUS_BAD_ROW = 3
+
+
+# Row blocking and threading of the fused passes (_losses, _hessian).
+cdef enum:
+    # Bytes of X per block of a first-order / Hessian-vector pass: the block stays in
+    # L1 between its two sweeps (margins, then the gradient accumulation).
+    BLOCK_BYTES = 16 * 1024
+    MAX_BLOCK_ROWS = 256
+    # Below this many multiply-adds per thread a call uses fewer threads (fork/join
+    # costs more).
+    MIN_WORK_PER_THREAD = 1 << 15
+
+
+cdef inline Py_ssize_t block_rows(Py_ssize_t row_bytes, Py_ssize_t block_bytes,
+                                  Py_ssize_t max_rows) noexcept nogil:
+    """Rows per block of block_bytes, rows of row_bytes: a multiple of 8 in [8, max_rows]."""
+    cdef Py_ssize_t b = block_bytes // row_bytes
+    if b > max_rows:
+        b = max_rows
+    b -= b % 8
+    return b if b >= 8 else 8
+
+
+cdef inline Py_ssize_t choose_threads(Py_ssize_t requested, Py_ssize_t n_blocks,
+                                      Py_ssize_t work) noexcept nogil:
+    """Threads for `work` multiply-adds in n_blocks blocks: at most requested and
+    n_blocks, and at least MIN_WORK_PER_THREAD multiply-adds each (>= 1)."""
+    cdef Py_ssize_t nt = requested
+    if nt > n_blocks:
+        nt = n_blocks
+    if nt > 1 and work < MIN_WORK_PER_THREAD * nt:
+        nt = work // MIN_WORK_PER_THREAD
+    return nt if nt >= 1 else 1
+
+
 cdef inline void dot8(const floating **x, const floating *c, Py_ssize_t n,
                       floating *out) noexcept nogil:
     if floating is double:
@@ -285,3 +327,78 @@ cdef inline void mean_of_rows(const floating *tile, Py_ssize_t lo, Py_ssize_t hi
         cyfed_mean_of_rows_d(tile, lo, hi, out, n)
     else:
         cyfed_mean_of_rows_f(tile, lo, hi, out, n)
+
+
+cdef inline int check_row(int kind, Py_ssize_t n, Py_ssize_t k, const floating *y,
+                          const floating *sw, const Py_ssize_t *rows, Py_ssize_t pos,
+                          Py_ssize_t *row, Py_ssize_t *bad) noexcept nogil:
+    """Row number `pos` of a pass (rows[pos], or pos itself when rows is NULL) into row,
+    validated in this order: its index (STATUS_BAD_ROW, bad = pos), its label unless y
+    is NULL (STATUS_BAD_LABEL: not 0/1 for logistic, not an integer in [0, k) for
+    softmax) and its weight unless sw is NULL (STATUS_NEGATIVE_WEIGHT); bad = the row."""
+    cdef Py_ssize_t r = rows[pos] if rows != NULL else pos
+    cdef Py_ssize_t label
+    cdef floating yv
+    row[0] = r
+    if r < 0 or r >= n:
+        bad[0] = pos
+        return STATUS_BAD_ROW
+    if y != NULL:
+        yv = y[r]
+        if kind == KIND_LOGISTIC and yv != 0 and yv != 1:
+            bad[0] = r
+            return STATUS_BAD_LABEL
+        if kind == KIND_SOFTMAX:
+            label = <Py_ssize_t>yv if (yv >= 0 and yv < k) else -1
+            if label < 0 or label != yv:
+                bad[0] = r
+                return STATUS_BAD_LABEL
+    if sw != NULL and sw[r] < 0:
+        bad[0] = r
+        return STATUS_NEGATIVE_WEIGHT
+    return STATUS_OK
+
+
+cdef inline Py_ssize_t next_block(const floating *X, Py_ssize_t d, Py_ssize_t n_rows,
+                                  Py_ssize_t start, Py_ssize_t B,
+                                  const char **ahead) noexcept nogil:
+    """Bytes of the block of contiguous rows after rows start..start+B-1 of X (0: none),
+    its address into ahead (for block_margins' prefetching)."""
+    cdef Py_ssize_t rest = n_rows - start - B
+    if rest <= 0:
+        return 0
+    ahead[0] = <const char *>(X + (start + B) * d)
+    return (rest if rest < B else B) * d * <Py_ssize_t>sizeof(floating)
+
+
+cdef inline void block_margins(int kind, const floating **xp, Py_ssize_t mp, Py_ssize_t d,
+                               Py_ssize_t k, Py_ssize_t kp, int nv, const floating *W,
+                               const floating *bpad, bint has_b, floating *z,
+                               const char *ahead, Py_ssize_t ahead_bytes) noexcept nogil:
+    """Margins of a block of mp rows xp (mp a multiple of 8) at W.
+
+    Softmax: z (mp, kp) = x W + bpad, W (d, kp) padded to nv vectors per row (nv > 0)
+    or (d, k) with kp = k (nv = 0).  Otherwise z (mp,) = x . W, plus bpad[0] when
+    has_b.  With ahead_bytes > 0 the next block (`next_block`) is prefetched along the
+    way, a slice per group of rows.
+    """
+    cdef Py_ssize_t i = 0, u, c
+    cdef Py_ssize_t step = 4 if kind == KIND_SOFTMAX else 8     # rows per micro-kernel call
+    while i < mp:
+        if ahead_bytes > 0:
+            cyfed_prefetch_l2(ahead + ahead_bytes * i // mp,
+                              ahead_bytes * (i + step) // mp - ahead_bytes * i // mp)
+        if kind != KIND_SOFTMAX:
+            dot8(xp + i, W, d, z + i)
+        else:
+            for u in range(4):
+                for c in range(kp):
+                    z[(i + u) * kp + c] = bpad[c]
+            if nv > 0:
+                gemv4_vec(xp + i, 4, W, d, nv, z + i * kp, kp)
+            else:
+                gemv4(xp + i, W, d, k, z + i * k)
+        i += step
+    if kind != KIND_SOFTMAX and has_b:
+        for i in range(mp):
+            z[i] += bpad[0]

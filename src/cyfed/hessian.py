@@ -14,7 +14,8 @@ x~_i = (x_i, 1) (x_i without intercept), the Hessian of f with respect to
 in the flat layout of cyfed.gradients' sums: coef row-major (d, k), then the k
 intercept entries.  A Newton solver computes the curvature (D or P) once per
 iterate (`curvature`, one pass over X) and then any number of products
-(`hess_vec_sums`, one fused pass each) or the whole Hessian (`hessian_sums`).
+(`hess_vec_sums`, one fused pass each), the whole Hessian (`hessian_sums`) or its
+diagonal (`hessian_diag_sums`, one pass).
 Sums are accumulated in float64 whatever X's dtype, and results are float64.
 """
 import numpy as np
@@ -23,6 +24,7 @@ from cyfed import _validation as check
 from cyfed._simd import load
 from cyfed.gradients import (Kind, Status, _raise_kernel_status, coef_2d, intercept_1d,
                              prepare)
+from cyfed.gradients import _kernels as _loss_kernels      # have_openmp, max_threads
 
 _kernels, SIMD_LEVEL = load("_hessian")
 
@@ -78,6 +80,18 @@ def hess_vec_sums(problem, curv, v2d, v_intercept, rows, out, n_threads):
     _check_status(status, bad, problem, v2d.shape[1], rows)
 
 
+def _curvature_sums(kernel, problem, curv, rows, fit_intercept, out, n_threads):
+    """Run `kernel` (_hessian.hessian_sums or hessian_diag_sums, same arguments) into out."""
+    k = curv.shape[1] if problem.kind == Kind.SOFTMAX else 1
+    if _n_rows(problem, rows) == 0:
+        out[...] = 0
+        return
+    status, bad = kernel(problem.kind, problem.X, problem.sample_weight,
+                         _ALL_ROWS if rows is None else rows, curv.reshape(-1), k,
+                         bool(fit_intercept), out, n_threads)
+    _check_status(status, bad, problem, k, rows)
+
+
 def hessian_sums(problem, curv, rows, fit_intercept, out, n_threads):
     """out (p, p) float64, p = d*k + k, = sum_i H_i over the rows used (intercept rows
     and columns 0 unless fit_intercept).
@@ -85,14 +99,19 @@ def hessian_sums(problem, curv, rows, fit_intercept, out, n_threads):
     curv is `curvature`'s result for the same rows.  Binary: [X 1]^T diag(D) [X 1];
     softmax: entry ((j, c), (j', c')) = sum_i w_i x~_ij x~_ij' (p_ic [c = c'] - p_ic p_ic').
     """
-    k = curv.shape[1] if problem.kind == Kind.SOFTMAX else 1
-    if _n_rows(problem, rows) == 0:
-        out[:] = 0
-        return
-    status, bad = _kernels.hessian_sums(
-        problem.kind, problem.X, problem.sample_weight, _ALL_ROWS if rows is None else rows,
-        curv.reshape(-1), k, bool(fit_intercept), out, n_threads)
-    _check_status(status, bad, problem, k, rows)
+    _curvature_sums(_kernels.hessian_sums, problem, curv, rows, fit_intercept, out, n_threads)
+
+
+def hessian_diag_sums(problem, curv, rows, fit_intercept, out, n_threads):
+    """out (d*k + k,) float64 = the diagonal of `hessian_sums`' result, in one pass over X
+    (TRON's preconditioner).
+
+    curv is `curvature`'s result for the same rows.  Entry j*k + c is
+    sum_i R_ic x_ij^2, entry d*k + c the intercept's sum_i R_ic (0 unless
+    fit_intercept), with R_ic = D_i (binary) or w_i p_ic (1 - p_ic) (softmax).
+    """
+    _curvature_sums(_kernels.hessian_diag_sums, problem, curv, rows, fit_intercept, out,
+                    n_threads)
 
 
 # ------------------------------------------------------------------- validating front end
@@ -113,7 +132,7 @@ def _validated(loss, X, y, coef, intercept, sample_weight, rows, n_threads):
     coef2d = coef_2d(coef, problem.kind, problem.d, problem.dtype)
     b = intercept_1d(intercept, coef2d.shape[1], problem.dtype)
     idx = None if rows is None else check.row_indices(rows, problem.n)
-    return problem, coef2d, b, idx, check.n_threads(n_threads, _kernels.max_threads())
+    return problem, coef2d, b, idx, check.n_threads(n_threads, _loss_kernels.max_threads())
 
 
 def _curvature_and_weight(problem, coef2d, b, idx, threads):

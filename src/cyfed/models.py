@@ -240,10 +240,6 @@ def _score(pred, y, targets):
 
 # -- the compiled linear models ----------------------------------------------------------
 
-#: Rows per chunk of `LinearModel.hessian_diag_sums`.
-DIAG_CHUNK = 1 << 13
-
-
 def row_curvature(data, curv):
     """(n, k) diagonal second derivatives of each row's weighted loss in its margins:
     D_i (squared, logistic) or w_i p_ic (1 - p_ic) (softmax, curv = the probabilities)."""
@@ -351,17 +347,12 @@ class LinearModel(Model):
     def hessian_sums(self, data, curv, out, n_threads):
         hessian.hessian_sums(data, curv, None, self.fit_intercept, out, n_threads)
 
-    def hessian_diag_sums(self, data, curv, out):
+    def hessian_diag_sums(self, data, curv, out, n_threads=None):
         """sum_i D_i x_ij^2 (softmax: w_i p_ic (1 - p_ic) x_ij^2), then the intercept's
-        sum_i D_i, in row chunks (numpy; one pass over X)."""
-        d, k = self.d, self.k
-        D = row_curvature(data, curv)
-        diag = np.zeros((d, k))
-        for start in range(0, data.n, DIAG_CHUNK):
-            rows = slice(start, start + DIAG_CHUNK)
-            diag += np.square(data.X[rows], dtype=np.float64).T @ D[rows]
-        out[:d * k] = diag.ravel()
-        out[d * k:] = D.sum(axis=0) if self.fit_intercept else 0.0
+        sum_i D_i: one fused pass over X (`hessian.hessian_diag_sums`); n_threads None:
+        the kernels' default."""
+        threads = gradients._kernels.max_threads() if n_threads is None else n_threads
+        hessian.hessian_diag_sums(data, curv, None, self.fit_intercept, out, threads)
 
     def gram(self, data):
         lipschitz = {"squared": 2.0, "logistic": 0.25, "softmax": 0.5}[self.loss]
