@@ -9,6 +9,7 @@ Other architectures and compilers get the portable build only.
 Environment switches:
   CYFED_DEBUG=1      bounds/initialisation checks on, -O0 -g (slow; for hunting bugs)
   CYFED_NO_OPENMP=1  build without OpenMP (kernels then run on one thread)
+  CYFED_MODULES=_a,_b  build only these modules (a developer's incremental build)
 Compiler flags are probed, so a compiler without OpenMP or without -march=x86-64-vN
 still builds (without threads, or without that SIMD level).
 """
@@ -29,9 +30,14 @@ NO_OPENMP = os.environ.get("CYFED_NO_OPENMP", "") not in ("", "0")
 SRC = os.path.join("src", "cyfed")
 
 # Modules whose speed depends on the vector width: built once per SIMD level.
-HOT_MODULES = ["_losses", "_sgd", "_aggregate", "_compress", "_noise", "_hessian"]
+HOT_MODULES = ["_losses", "_sgd", "_aggregate", "_compress", "_noise", "_hessian",
+               "_sparse_losses", "_sparse_sgd"]
 # Modules built once, for the baseline ISA.
-PLAIN_MODULES = ["_cpu"]
+PLAIN_MODULES = ["_cpu", "_svmlight"]
+ONLY = [m for m in os.environ.get("CYFED_MODULES", "").split(",") if m]
+if ONLY:
+    HOT_MODULES = [m for m in HOT_MODULES if m in ONLY]
+    PLAIN_MODULES = [m for m in PLAIN_MODULES if m in ONLY]
 # C headers the kernels include (a change to one rebuilds them).
 HEADERS = [os.path.join(SRC, h) for h in ("_vector_math.h", "_loss_ops.h", "_aggregate_ops.h",
                                          "_hessian_ops.h", "_vector_math.pxd")]
@@ -115,7 +121,7 @@ class BuildExt(build_ext):
             openmp_link = []
         else:
             common = ["-O0", "-g"] if DEBUG else ["-O3"]
-            common += [f for f in ("-fno-math-errno", "-fopenmp-simd") if self.accepts([f])]
+            common += [f for f in ("-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd") if self.accepts([f])]
             openmp = [] if NO_OPENMP or not self.accepts(["-fopenmp"], link=True) \
                 else ["-fopenmp"]
             openmp_link = openmp
@@ -145,6 +151,8 @@ class BuildExt(build_ext):
         flags = {ext.name.rsplit(".", 1)[-1]: ext.extra_compile_args for ext in extensions}
         self.flags_file = Path(self.get_ext_fullpath(extensions[0].name)).parent \
             / "_build_flags.json"
+        if ONLY and self.flags_file.exists():     # a partial build keeps the others' flags
+            flags = {**json.loads(self.flags_file.read_text())["modules"], **flags}
         self.flags_file.write_text(json.dumps({"compiler": compiler[0], "modules": flags},
                                               indent=1))
 

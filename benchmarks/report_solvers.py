@@ -23,9 +23,9 @@ import argparse
 import json
 import sys
 
-PROBLEM_ORDER = ("logistic-cond100", "logistic-cond1e4", "softmax10-cond100")
+PROBLEM_ORDER = ("logistic-cond100", "logistic-cond1e4", "softmax10-cond100", "logistic-sparse")
 SOLVER_ORDER = ("lbfgs", "newton-cg", "newton-cholesky", "auto", "gd-auto", "gd-grid-best",
-                "sklearn-lbfgs", "sklearn-newton-cg", "sklearn-newton-cholesky")
+                "sklearn-lbfgs", "sklearn-newton-cg", "sklearn-newton-cholesky", "sklearn-liblinear")
 CYFED_GOAL, GD_GOAL = 0.5, 2.0
 BUSY = 0.10
 MISSING = "—"

@@ -4,7 +4,9 @@ For every loss (squared, logistic, softmax with k = 10 classes), shape (n, d),
 dtype (float64, float32) and thread count (1, 2) the same parametrization times
 
 * ``cyfed``: ``cyfed.loss_grad(loss, X, y, coef, intercept, n_threads=t)`` with
-  default arguments otherwise, so argument validation is part of the time;
+  default arguments otherwise, so argument validation is part of the time
+  (``extra_info["path"]`` records whether the kernel took its fused pass or its
+  BLAS path, ``cyfed._losses.uses_blas``);
 * ``numpy``: the plain-numpy reference of the same loss, value and gradients, in
   the same dtype, with numpy's BLAS limited to t threads (threadpoolctl);
 
@@ -140,6 +142,10 @@ def _cross_check(bench_data, key, impl, result, dtype):
 def test_cyfed(benchmark, timed, bench_data, loss, shape, dtype, threads):
     problem = bench_data.problem(loss, shape, dtype)
     _label(benchmark, "cyfed", loss, problem, threads)
+    k = int(problem.coef.shape[1]) if problem.coef.ndim == 2 else 1
+    blas = cyfed.gradients._kernels.uses_blas(cyfed.gradients.LOSSES[loss], *problem.shape, k,
+                                              problem.dtype.itemsize)
+    benchmark.extra_info["path"] = "blas" if blas else "fused"
     fn = functools.partial(cyfed.loss_grad, loss)
     args = (problem.X, problem.y, problem.coef, problem.intercept)
     result = timed(fn, args, threads=threads)

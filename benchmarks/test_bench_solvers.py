@@ -8,7 +8,16 @@ its margins have standard deviation ~1.4 whatever cond:
 * ``logistic-cond100``   L2-logistic, 300,000 x 100, cond 100;
 * ``logistic-cond1e4``   the same with cond 1e4;
 * ``softmax10-cond100``  softmax, 10 classes, 300,000 x 100, cond 100, labels
-  drawn by Gumbel-max from the model's probabilities (not separable).
+  drawn by Gumbel-max from the model's probabilities (not separable);
+* ``logistic-sparse``    L2-logistic on an rcv1-sized CSR matrix (issue 15):
+  500,000 x 50,000, 75 nonzeros per row, columns drawn with Zipf-like
+  frequencies (p_j ~ 1 / (j + 10)), values |N(0, 1)| scaled to unit row norm
+  (as rcv1's tf-idf rows), labels from a sparse hidden model with logistic noise;
+  no intercept on either side (liblinear penalises its intercept: another
+  objective otherwise).  scikit-learn's newton-cholesky (a 50,000^2 Hessian) is
+  left out; liblinear's TRON is timed beside lbfgs and newton-cg: it has no
+  iterate callback, so the untimed search fits it with tol = 1e-1, 1e-2, ... and
+  the timed rounds use the first tol whose model is at the target.
 
 The objective is cyfed's: mean loss + (l2/2)||coef||^2, intercepts not penalised
 (scikit-learn's documented objective with C = 1/(n l2) is n times it, the same
@@ -95,9 +104,16 @@ N_CLASSES = 10
 #: name -> (loss, condition number of the feature covariance)
 PROBLEMS = {"logistic-cond100": ("logistic", 1e2),
             "logistic-cond1e4": ("logistic", 1e4),
-            "softmax10-cond100": ("softmax", 1e2)}
+            "softmax10-cond100": ("softmax", 1e2),
+            "logistic-sparse": ("logistic", None)}
+SPARSE = "logistic-sparse"
+#: the sparse problem: rows, features, nonzeros per row (full size, smoke size)
+SPARSE_SHAPE = {False: (500_000, 50_000, 75), True: (5_000, 2_000, 20)}
 CYFED = ("lbfgs", "newton-cg", "newton-cholesky", "auto")
 SKLEARN = ("sklearn-lbfgs", "sklearn-newton-cg", "sklearn-newton-cholesky")
+SPARSE_SOLVERS = ("lbfgs", "newton-cg", "auto", "sklearn-lbfgs", "sklearn-newton-cg",
+                  "sklearn-liblinear")
+LIBLINEAR_TOLS = tuple(10.0 ** -e for e in range(1, 11))
 GD_PROBLEM = "logistic-cond100"
 GRID = (1.0, 2.0, 0.5, 4.0, 8.0, 16.0)      # tried in this order (likely winners first)
 GRID_MAX_ITER = 3000
@@ -128,6 +144,7 @@ class Problem:
         self.name, self.X, self.y, self.labels, self.k = name, X, y, labels, k
         self.fstar, self.spread = fstar, spread
         self.target = fstar * (1 + RELATIVE_GAP)
+        self.fit_intercept = name != SPARSE
 
     @property
     def loss(self):
@@ -141,18 +158,41 @@ class Problem:
     def sklearn_objective(self, model):
         if self.k > 1:
             return self.objective(model.coef_.T, np.ascontiguousarray(model.intercept_))
-        return self.objective(model.coef_[0], float(model.intercept_[0]))
+        return self.objective(model.coef_[0], float(np.ravel(model.intercept_ + 0.0)[0]))
 
     def iterate_objective(self, w):
         """Objective of scikit-learn's flat parameter vector w (see the docstring)."""
         if self.k > 1:
             multi = np.reshape(w, (self.k, -1), order="F")
             return self.objective(multi[:, :-1].T, np.ascontiguousarray(multi[:, -1]))
+        if not self.fit_intercept:
+            return self.objective(w, 0.0)
         return self.objective(w[:-1], float(w[-1]))
+
+
+def make_sparse_data(smoke):
+    """(X CSR float64, y, int labels, 1) of the sparse problem (module docstring)."""
+    import scipy.sparse as sp
+
+    n, d, nnz = SPARSE_SHAPE[smoke]
+    rng = np.random.default_rng(2015)
+    freq = 1.0 / (np.arange(d) + 10.0)
+    cols = rng.choice(d, size=(n, nnz), p=freq / freq.sum())
+    cols.sort(axis=1)
+    vals = np.abs(rng.standard_normal((n, nnz)))
+    vals /= np.linalg.norm(vals, axis=1, keepdims=True)
+    X = sp.csr_matrix((vals.ravel(), cols.ravel(), np.arange(0, n * nnz + 1, nnz)),
+                      shape=(n, d))
+    X.sum_duplicates()
+    w = rng.standard_normal(d) * (rng.random(d) < 0.1) * 5.0
+    labels = (rng.random(n) < 1 / (1 + np.exp(-(X @ w)))).astype(np.intp)
+    return X, labels.astype(np.float64), labels, 1
 
 
 def make_data(name, smoke):
     """(X, y as float64 for cyfed, int labels, k) of a problem."""
+    if name == SPARSE:
+        return make_sparse_data(smoke)
     loss, cond = PROBLEMS[name]
     n, d = (5_000, 20) if smoke else (300_000, 100)
     k = N_CLASSES if loss == "softmax" else 1
@@ -176,7 +216,7 @@ def make_data(name, smoke):
 
 def cyfed_fit(problem, solver, callback=None, **options):
     options = dict(dict(l2=L2, max_iter=10_000, gtol=0.0, n_threads=THREADS,
-                        comm=LocalComm()), **options)
+                        fit_intercept=problem.fit_intercept, comm=LocalComm()), **options)
     return DistributedGD(problem.loss, solver=solver, **options).fit(
         problem.X, problem.y, callback=callback)
 
@@ -187,8 +227,9 @@ def sklearn_fit(problem, solver, max_iter, tol=1e-12):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        return LogisticRegression(C=1 / (len(problem.X) * L2), solver=solver, tol=tol,
-                                  max_iter=max_iter).fit(problem.X, problem.labels)
+        return LogisticRegression(C=1 / (problem.X.shape[0] * L2), solver=solver, tol=tol,
+                                  max_iter=max_iter, fit_intercept=problem.fit_intercept
+                                  ).fit(problem.X, problem.labels)
 
 
 def make_problem(name, smoke):
@@ -196,7 +237,11 @@ def make_problem(name, smoke):
     X, y, labels, k = make_data(name, smoke)
     bare = Problem(name, X, y, labels, k, np.nan, np.nan)
     with threadpool_limits(THREADS):
-        if k == 1:
+        if name == SPARSE:
+            tight = cyfed_fit(bare, "newton-cg", max_iter=500, gtol=1e-10)
+            fa = bare.objective(tight.coef_, tight.intercept_)
+            fb = bare.sklearn_objective(sklearn_fit(bare, "newton-cg", 500))
+        elif k == 1:
             tight = cyfed_fit(bare, "newton-cholesky", max_iter=100, gtol=1e-10)
             fa = bare.objective(tight.coef_, tight.intercept_)
             fb = bare.sklearn_objective(sklearn_fit(bare, "newton-cholesky", 100))
@@ -347,6 +392,15 @@ def sklearn_iterates(solver, on_iterate):
         setattr(_logistic, name, saved)
 
 
+def liblinear_tol_to_target(problem):
+    """The largest tol of LIBLINEAR_TOLS whose liblinear model is <= target (untimed)."""
+    for tol in LIBLINEAR_TOLS:
+        if problem.sklearn_objective(sklearn_fit(problem, "liblinear", 10_000, tol)) \
+                <= problem.target:
+            return tol
+    pytest.fail(f"liblinear did not reach the target with tol down to {tol}")
+
+
 def sklearn_iterations_to_target(problem, solver, max_iter=10_000):
     """Fewest iterations whose iterate is <= target (one untimed, recorded fit)."""
     found = []
@@ -370,6 +424,10 @@ def sklearn_iterations_to_target(problem, solver, max_iter=10_000):
 
 def cases():
     for name, (loss, _) in PROBLEMS.items():
+        if name == SPARSE:
+            for solver in SPARSE_SOLVERS:
+                yield pytest.param(name, solver, id=f"{name}-{solver}")
+            continue
         solvers = CYFED + (("gd-auto", "gd-grid-best") if name == GD_PROBLEM else ()) + SKLEARN
         for solver in solvers:
             yield pytest.param(name, solver, id=f"{name}-{solver}")
@@ -387,7 +445,18 @@ def test_time_to_target(benchmark, problems, smoke, name, solver):
                                 fstar=problem.fstar, fstar_spread=problem.spread)
     estimate = None
     with threadpool_limits(THREADS):
-        if solver.startswith("sklearn-"):
+        if solver == "sklearn-liblinear":
+            start = time.perf_counter()
+            tol = liblinear_tol_to_target(problem)
+            estimate = time.perf_counter() - start
+
+            def run():
+                start = time.perf_counter()
+                model = sklearn_fit(problem, "liblinear", 10_000, tol)
+                seconds = time.perf_counter() - start
+                return lambda: dict(iterations=int(model.n_iter_[0]), passes=None, tol=tol,
+                                    objective=problem.sklearn_objective(model)), seconds
+        elif solver.startswith("sklearn-"):
             method = solver.removeprefix("sklearn-")
             start = time.perf_counter()
             k = sklearn_iterations_to_target(problem, method)

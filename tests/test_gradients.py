@@ -611,3 +611,170 @@ def test_misaligned_input_is_handled(loss):
     want = cyfed.loss_grad(loss, X, y, coef)
     assert got[0] == want[0]
     np.testing.assert_array_equal(got[1], want[1])
+
+
+# --------------------------------------------------------------------------- BLAS path
+
+class TestBlasPath:
+    """X that fits in cache runs through two BLAS passes per row block (z = X_b theta,
+    then X_b^T r) instead of the fused pass; the results must be the same loss and
+    gradients, statuses and determinism.  `uses_blas` says which path a call takes;
+    BLAS_MAX_X_BYTES (a module attribute, read on every call) is its size threshold."""
+
+    kernels = cyfed.gradients._kernels
+
+    @staticmethod
+    def kind(loss):
+        return cyfed.gradients.LOSSES[loss]
+
+    def uses_blas(self, loss, X, k, **kw):
+        return self.kernels.uses_blas(self.kind(loss), X.shape[0], X.shape[1],
+                                      k if loss == "softmax" else 1, X.itemsize, **kw)
+
+    @pytest.fixture(autouse=True)
+    def softmax_both_dtypes(self, monkeypatch):
+        """Softmax takes the BLAS path in both dtypes here (by default only float32 off
+        AVX-512 builds does), so that both instantiations are checked."""
+        monkeypatch.setattr(self.kernels, "BLAS_SOFTMAX_ITEMSIZES", (4, 8))
+
+    @pytest.mark.parametrize("side", ["under", "over"])
+    @pytest.mark.parametrize("loss", LOSSES)
+    def test_threshold(self, loss, side, monkeypatch, dtype, rtol):
+        """Just under the size threshold BLAS runs, just over it the fused pass does;
+        both give the reference."""
+        monkeypatch.setattr(self.kernels, "BLAS_MAX_X_BYTES", 2 << 20)
+        d, k = 100, 10
+        n = self.kernels.BLAS_MAX_X_BYTES // (d * dtype.itemsize) + (side == "over")
+        X, y, coef, b, sw = make_problem(loss, n, d, k, dtype=dtype, seed=31,
+                                         intercept=True, weights=True)
+        assert self.uses_blas(loss, X, k) == (side == "under")
+        want = ref.loss_grad(loss, X, y, coef, b, l2=0.1, sample_weight=sw)
+        for n_threads in (1, 2):
+            got = call(loss, X, y, coef, b, sw, l2=0.1, n_threads=n_threads)
+            assert_matches_reference(got, want, rtol, dtype)
+
+    @pytest.mark.parametrize("size", [(1, 17, 2), (7, 40, 3), (5003, 37, 5), (801, 1000, 2)],
+                             ids=["one-row", "tiny", "blocks", "d=1000"])
+    @pytest.mark.parametrize("weights", [False, True], ids=["unweighted", "weighted"])
+    @pytest.mark.parametrize("intercept", [False, True], ids=["no-b", "b"])
+    @pytest.mark.parametrize("loss", LOSSES)
+    def test_matches_reference(self, loss, intercept, weights, size, dtype, rtol):
+        n, d, k = size
+        X, y, coef, b, sw = make_problem(loss, n, d, k, dtype=dtype, seed=n + d,
+                                         intercept=intercept, weights=weights)
+        assert self.uses_blas(loss, X, k)
+        want = ref.loss_grad(loss, X, y, coef, b, l2=0.3, sample_weight=sw)
+        for n_threads in (1, 2, 3):
+            got = call(loss, X, y, coef, b, sw, l2=0.3, n_threads=n_threads)
+            assert_matches_reference(got, want, rtol, dtype)
+
+    @pytest.mark.parametrize("loss", LOSSES)
+    def test_agrees_with_fused_pass(self, loss, monkeypatch, dtype, rtol):
+        X, y, coef, b, sw = make_problem(loss, 3001, 33, 4, dtype=dtype, seed=5,
+                                         intercept=True, weights=True)
+        assert self.uses_blas(loss, X, 4)
+        blas = call(loss, X, y, coef, b, sw, n_threads=2)
+        monkeypatch.setattr(self.kernels, "BLAS_MAX_X_BYTES", 0)
+        assert not self.uses_blas(loss, X, 4)
+        fused = call(loss, X, y, coef, b, sw, n_threads=2)
+        for got, want in zip(blas, fused):
+            assert_close(got, want, rtol)
+
+    @pytest.mark.parametrize("loss", LOSSES)
+    def test_rows_and_clipping_take_the_fused_pass(self, loss, dtype, rtol):
+        X, y, coef, b, sw = make_problem(loss, 2000, 40, 3, dtype=dtype, seed=6,
+                                         intercept=True, weights=True)
+        assert self.uses_blas(loss, X, 3)
+        assert not self.uses_blas(loss, X, 3, all_rows=False)
+        assert not self.uses_blas(loss, X, 3, clipping=True)
+        rows = np.random.default_rng(6).integers(0, 2000, size=1500)
+        got = call(loss, X, y, coef, b, sw, rows=rows, n_threads=2)
+        want = ref.loss_grad(loss, X, y, coef, b, sample_weight=sw, rows=rows)
+        assert_matches_reference(got, want, rtol, dtype)
+        # a clip norm no example reaches: the plain sums (BLAS) again
+        loss_sum, g, gb, n_clipped = cyfed.gradients.clipped_grad_sum(
+            loss, X, y, coef, b, clip_norm=1e30, sample_weight=sw)
+        value, g_mean, gb_mean = call(loss, X, y, coef, b, sw)
+        total = float(np.sum(sw, dtype=np.float64))
+        assert n_clipped == 0
+        assert_close(loss_sum / total, value, rtol)
+        assert_close(g / total, g_mean, rtol)
+        assert_close(np.asarray(gb) / total, gb_mean, rtol)
+
+    def test_narrow_and_very_wide_x_keep_the_fused_pass(self):
+        X = np.zeros((1000, 16))
+        assert not self.uses_blas("squared", X, 1)
+        assert not self.uses_blas("logistic", X, 1)
+        assert self.uses_blas("softmax", X, 3)
+        X = np.zeros((10, 1025))         # fewer than 8 rows per single-threaded gemv
+        assert not self.uses_blas("squared", X, 1)
+
+
+    @pytest.mark.parametrize("n_threads", [1, 2])
+    @pytest.mark.parametrize("loss", ["logistic", "softmax"])
+    def test_bad_label_is_reported(self, loss, n_threads):
+        X, y, coef, b, sw = make_problem(loss, 5000, 50, 3, seed=7, intercept=True)
+        assert self.uses_blas(loss, X, 3)
+        for bad_row in (0, 2999, 4999):
+            y_bad = y.copy()
+            y_bad[bad_row] = 0.5 if loss == "logistic" else 3
+            with pytest.raises(ValueError, match=rf"y\[{bad_row}\] = "):
+                call(loss, X, y_bad, coef, b, n_threads=n_threads)
+
+    @pytest.mark.parametrize("n_threads", [1, 2])
+    @pytest.mark.parametrize("loss", LOSSES)
+    def test_negative_weight_is_reported(self, loss, n_threads):
+        X, y, coef, b, sw = make_problem(loss, 5000, 50, 3, seed=8, intercept=True,
+                                         weights=True)
+        assert self.uses_blas(loss, X, 3)
+        for bad_row in (0, 3333, 4999):
+            sw_bad = sw.copy()
+            sw_bad[bad_row] = -1.0
+            with pytest.raises(ValueError, match=rf"sample_weight\[{bad_row}\] = -1"):
+                call(loss, X, y, coef, b, sw_bad, n_threads=n_threads)
+
+    @pytest.mark.parametrize("loss", LOSSES)
+    def test_non_finite_input_is_named(self, loss):
+        X, y, coef, b, sw = make_problem(loss, 3000, 30, 3, seed=9, intercept=True)
+        assert self.uses_blas(loss, X, 3)
+        X[1234, 5] = np.nan
+        with pytest.raises(ValueError, match=r"X contains NaN or infinity \(X\[\(1234, 5\)\]"):
+            call(loss, X, y, coef, b)
+
+    @pytest.mark.parametrize("n_threads", [1, 2, 3])
+    @pytest.mark.parametrize("loss", LOSSES)
+    def test_deterministic(self, loss, n_threads, dtype):
+        """Same input and n_threads: the same bits, whatever OpenBLAS's own thread count
+        (every BLAS call runs on the calling thread) and wherever X lies in memory."""
+        threadpoolctl = pytest.importorskip("threadpoolctl")
+        X, y, coef, b, sw = make_problem(loss, 20000, 60, 5, dtype=dtype, seed=10,
+                                         intercept=True, weights=True)
+        assert self.uses_blas(loss, X, 5)
+        first = call(loss, X, y, coef, b, sw, n_threads=n_threads)
+        assert_same_result(call(loss, X, y, coef, b, sw, n_threads=n_threads), first)
+        for blas_threads in (1, 2):
+            with threadpoolctl.threadpool_limits(blas_threads):
+                assert_same_result(call(loss, X, y, coef, b, sw, n_threads=n_threads), first)
+        buf = np.empty(X.nbytes + 64, dtype=np.uint8)
+        offset = (-buf.ctypes.data) % 64 + 2 * X.itemsize      # 16 or 8 bytes off a line
+        moved = buf[offset:offset + X.nbytes].view(X.dtype).reshape(X.shape)
+        moved[...] = X
+        assert_same_result(call(loss, moved, y, coef, b, sw, n_threads=n_threads), first)
+
+
+def test_blas_dispatch_defaults():
+    """The measured rule (cyfed._losses): squared/logistic with d > 16 on the BLAS path
+    (any size, or X within BLAS_MAX_X_BYTES on AVX-512 builds); softmax float32 only
+    off AVX-512 builds, softmax float64 never."""
+    kernels = cyfed.gradients._kernels
+    sq, lg, sm = (cyfed.gradients.LOSSES[name] for name in LOSSES)
+    avx512 = kernels.BLAS_MAX_X_BYTES < 1 << 62
+    for itemsize in (4, 8):
+        assert kernels.uses_blas(sq, 10_000, 100, 1, itemsize)
+        assert kernels.uses_blas(lg, 10_000, 100, 1, itemsize)
+        assert kernels.uses_blas(sq, 1_000_000, 100, 1, itemsize) == (not avx512)
+        assert not kernels.uses_blas(sq, 10_000, 16, 1, itemsize)
+        assert not kernels.uses_blas(lg, 10_000, 100, 1, itemsize, all_rows=False)
+        assert not kernels.uses_blas(lg, 10_000, 100, 1, itemsize, clipping=True)
+    assert kernels.uses_blas(sm, 10_000, 100, 10, 4) == (not avx512)
+    assert not kernels.uses_blas(sm, 10_000, 100, 10, 8)

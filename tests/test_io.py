@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 import pytest
+from scipy import sparse
 
 from cyfed.data import make_fedprox_synthetic, shard_rows
 from cyfed.io import (BUILTINS, LabeledData, builtin, load, load_clients, load_xy, relabel,
@@ -61,6 +62,11 @@ def table_file(request, tmp_path):
     return path
 
 
+def dense(X):
+    """X as a dense array (LIBSVM files load as CSR)."""
+    return X.toarray() if sparse.issparse(X) else X
+
+
 def located(path, line, column):
     """pytest.raises for a ValueError reported at path:line:column."""
     return pytest.raises(ValueError, match=f"^{path}:{line}:{column}: ")
@@ -71,8 +77,9 @@ def located(path, line, column):
 def test_every_format_gives_the_known_values(table_file, dtype):
     X, y = load(table_file, dtype=dtype.name)
     assert X.dtype == dtype and y.dtype == dtype
-    assert X.flags.c_contiguous and X.shape == (5, 3) and y.shape == (5,)
-    np.testing.assert_array_equal(X, X_TABLE.astype(dtype))
+    assert sparse.isspmatrix_csr(X) if table_file.suffix == ".svm" else X.flags.c_contiguous
+    assert X.shape == (5, 3) and y.shape == (5,)
+    np.testing.assert_array_equal(dense(X), X_TABLE.astype(dtype))
     np.testing.assert_array_equal(y, Y_TABLE.astype(dtype))
 
 
@@ -80,10 +87,12 @@ def test_every_format_gives_the_known_values(table_file, dtype):
 def test_ranks_get_the_shard_rows_and_together_all_rows(table_file, size):
     parts = [load(table_file, rank=r, size=size) for r in range(size)]
     for rank, (X, y) in enumerate(parts):
+        if table_file.suffix == ".svm":             # split by bytes: checked as a whole
+            break
         rows = shard_rows(5, rank, size)
         np.testing.assert_array_equal(X, X_TABLE[rows])
         np.testing.assert_array_equal(y, Y_TABLE[rows])
-    np.testing.assert_array_equal(np.concatenate([X for X, _ in parts]), X_TABLE)
+    np.testing.assert_array_equal(np.concatenate([dense(X) for X, _ in parts]), X_TABLE)
     np.testing.assert_array_equal(np.concatenate([y for _, y in parts]), Y_TABLE)
 
 
@@ -276,15 +285,16 @@ def test_libsvm_comments_missing_features_and_a_far_index(tmp_path):
     X, y = load(path)
     expected = np.zeros((3, 7))
     expected[0, 1], expected[1, 0], expected[1, 6] = 0.5, 2, -3
-    np.testing.assert_array_equal(X, expected)
+    np.testing.assert_array_equal(X.toarray(), expected)
     np.testing.assert_array_equal(y, [1, -1, 0])
 
 
 def test_libsvm_n_features(tmp_path):
     path = write(tmp_path, "t.svmlight", "1 1:1 2:2\n")
     assert load(path, n_features=5)[0].shape == (1, 5)
-    with pytest.raises(ValueError, match="n_features must be an int >= 2"):
+    with located(path, 1, 7) as error:
         load(path, n_features=1)
+    assert "feature index 2 is out of range for n_features=1" in str(error.value)
 
 
 def test_libsvm_densifying_beyond_max_bytes_is_refused(tmp_path):
@@ -292,24 +302,26 @@ def test_libsvm_densifying_beyond_max_bytes_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"big.svm: densifying 2 rows x 1,000,000 features as "
                        r"float64 needs 15.26 MiB \(16,000,000 bytes\), over the limit "
                        r"max_bytes=1.00 MiB"):
-        load(path, max_bytes=2**20)
+        load(path, dense=True, max_bytes=2**20)
     with pytest.raises(ValueError, match="1 rows .* float32 needs 3.81 MiB"):    # this rank's
-        load(path, dtype="float32", max_bytes=2**20, rank=0, size=2)
-    assert load(path, max_bytes=16_000_000)[0].shape == (2, 1_000_000)
+        load(path, dtype="float32", dense=True, max_bytes=2**20, rank=0, size=2)
+    assert load(path, dense=True, max_bytes=16_000_000)[0].shape == (2, 1_000_000)
     huge = write(tmp_path, "huge.svm", "1 300000000:1\n")
     with pytest.raises(ValueError, match="needs 2.24 GiB .* max_bytes=2.00 GiB"):
-        load(huge)
+        load(huge, dense=True)
+    X, _ = load(huge)                                   # CSR: no limit
+    assert X.shape == (1, 300_000_000) and X.nnz == 1
 
 
 @pytest.mark.parametrize("text,line,column,match", [
-    ("1 1:1\nyes 1:2\n", 2, 1, "label 'yes' is not a number"),
+    ("1 1:1\nyes 1:2\n", 2, 1, "label 'yes' is not a finite number"),
     ("1 1:1\n1 1:2   3\n", 2, 9, "expected index:value, got '3'"),
     ("1 1:1\n1 -1:2\n", 2, 3, "must be an integer >= 0"),
     ("1 1:1\n\n1  x:2\n", 3, 4, "must be an integer >= 0"),
     ("1 1:1\n1 2:1 2:3\n", 2, 7, "feature index 2 follows 2"),
     ("1 3:1 1:1\n", 1, 7, "feature index 1 follows 3"),
-    ("# c\n1 1:1 2:abc # x\n", 2, 7, "value in '2:abc' is not a number"),
-    ("1 qid:3 1:1\n", 1, 3, "must be an integer >= 0"),
+    ("# c\n1 1:1 2:abc # x\n", 2, 7, "value in '2:abc' is not a finite number"),
+    ("1 1:1 qid:3\n", 1, 7, "must be an integer >= 0"),
 ])
 def test_libsvm_errors_are_located(tmp_path, text, line, column, match):
     path = write(tmp_path, "bad.svm", text)
@@ -363,15 +375,27 @@ def test_directory_of_mixed_formats_skips_other_files(tmp_path):
     write(tmp_path, "README.md", "not data")
     (X0, y0), (X1, y1) = load_clients(tmp_path)
     np.testing.assert_array_equal(X0, [[1, 2]])
-    np.testing.assert_array_equal(X1, [[3, 4]])
+    np.testing.assert_array_equal(X1.toarray(), [[3, 4]])
 
 
 def test_directory_clients_must_agree_on_features(tmp_path):
+    write(tmp_path, "a.csv", "1,2,0\n")
+    write(tmp_path, "b.csv", "1,2,3,0\n")
+    with pytest.raises(ValueError, match="b.csv: 3 features, but a.csv has 2"):
+        load_clients(tmp_path)
+
+
+def test_libsvm_clients_share_the_widest_feature_count(tmp_path):
+    """A LIBSVM client file need not use the last features: the directory's widest
+    (and its zero-basedness) holds for all, unless n_features is given."""
     write(tmp_path, "a.svm", "1 1:3 2:4\n")
     write(tmp_path, "b.svm", "1 3:1\n")
-    with pytest.raises(ValueError, match="b.svm: 3 features, but a.svm has 2"):
-        load_clients(tmp_path)
-    assert [X.shape for X, _ in load_clients(tmp_path, n_features=3)] == [(1, 3), (1, 3)]
+    clients = load_clients(tmp_path)
+    assert [X.shape for X, _ in clients] == [(1, 3), (1, 3)]
+    np.testing.assert_array_equal(clients[1][0].toarray(), [[0, 0, 1]])
+    assert [X.shape for X, _ in load_clients(tmp_path, n_features=5)] == [(1, 5), (1, 5)]
+    write(tmp_path, "c.svm", "0 0:2\n")              # an index 0: every file is 0-based
+    assert [X.shape for X, _ in load_clients(tmp_path)] == [(1, 4)] * 3
 
 
 def test_save_clients_refuses_to_overwrite_unless_forced(tmp_path):
@@ -736,7 +760,7 @@ def test_text_that_is_not_data_keeps_the_unknown_extension_error(tmp_path):
 
 def test_unknown_extension_with_libsvm_content(tmp_path):
     X, y = load(write(tmp_path, "a9a.t", SVM_TEXT))
-    np.testing.assert_array_equal(X, X_TABLE)
+    np.testing.assert_array_equal(X.toarray(), X_TABLE)
 
 
 def test_explicit_delimiter_reads_any_extension(tmp_path):
@@ -754,7 +778,7 @@ def test_compressed_text_files(tmp_path, suffix, compress, name, text):
     path = tmp_path / (name + suffix)
     path.write_bytes(compress(text.encode()))
     X, y = load(path)
-    np.testing.assert_array_equal(X, X_TABLE)
+    np.testing.assert_array_equal(dense(X), X_TABLE)
     np.testing.assert_array_equal(y, Y_TABLE)
 
 
@@ -784,16 +808,16 @@ def test_directory_of_compressed_clients(tmp_path):
 def test_libsvm_zero_based_auto_detection(tmp_path):
     zero = write(tmp_path, "z.svm", "1 0:5 2:1\n0 1:2\n")
     X, _ = load(zero)
-    np.testing.assert_array_equal(X, [[5, 0, 1], [0, 2, 0]])
+    np.testing.assert_array_equal(X.toarray(), [[5, 0, 1], [0, 2, 0]])
     one = write(tmp_path, "o.svm", "1 1:5 3:1\n0 2:2\n")
-    np.testing.assert_array_equal(load(one)[0], [[5, 0, 1], [0, 2, 0]])
-    np.testing.assert_array_equal(load(one, zero_based=True)[0],
+    np.testing.assert_array_equal(load(one, dense=True)[0], [[5, 0, 1], [0, 2, 0]])
+    np.testing.assert_array_equal(load(one, zero_based=True)[0].toarray(),
                                   [[0, 5, 0, 1], [0, 0, 2, 0]])
     with located(zero, 1, 3) as error:
         load(zero, zero_based=False)
     assert "zero_based=False: LIBSVM indices are 1-based" in str(error.value)
     assert load(zero, n_features=5)[0].shape == (2, 5)
-    with pytest.raises(ValueError, match="n_features must be an int >= 3"):
+    with located(zero, 1, 7):
         load(zero, n_features=2)
 
 
@@ -804,7 +828,7 @@ def test_libsvm_written_by_scikit_learn(tmp_path):
     datasets.dump_svmlight_file(X, y, str(tmp_path / "one.svm"), zero_based=False)
     for name in ("bc.libsvm", "one.svm"):
         got_X, got_y = load(tmp_path / name)
-        np.testing.assert_allclose(got_X, X, rtol=1e-15)
+        np.testing.assert_allclose(got_X.toarray(), X, rtol=1e-15)
         np.testing.assert_array_equal(got_y, y)
 
 
@@ -812,5 +836,5 @@ def test_directory_of_libsvm_clients_decides_indexing_once(tmp_path):
     write(tmp_path, "a.svm", "1 0:1 1:2\n")                   # 0-based: index 0 used
     write(tmp_path, "b.svm", "0 1:3 2:4\n")                   # alone it would read 1-based
     (Xa, _), (Xb, _) = load_clients(tmp_path, n_features=3)
-    np.testing.assert_array_equal(Xa, [[1, 2, 0]])
-    np.testing.assert_array_equal(Xb, [[0, 3, 4]])
+    np.testing.assert_array_equal(Xa.toarray(), [[1, 2, 0]])
+    np.testing.assert_array_equal(Xb.toarray(), [[0, 3, 4]])

@@ -14,7 +14,19 @@ class Status(enum.IntEnum):
     NEGATIVE_WEIGHT = 2
     BAD_ROW = 3
 
+BLAS_MAX_X_BYTES: int
+BLAS_SOFTMAX_ITEMSIZES: tuple[int, ...]
+
 def have_openmp() -> bool: ...
+def uses_blas(
+    kind: int,
+    n: int,
+    d: int,
+    k: int,
+    itemsize: int,
+    all_rows: bool = ...,
+    clipping: bool = ...,
+) -> bool: ...
 def max_threads() -> int: ...
 def loss_grad_sums(
     kind: int,

@@ -148,8 +148,9 @@ cdef void train_client(Settings s, const floating *X, const floating *y, Py_ssiz
     cdef floating *corr_p = NULL if (corr == NULL and s.plain) else cp
     cyfed_prefetch_l2(X, min(n * d, 1 << 15) * sizeof(floating))
     memcpy(w, w0, P * sizeof(floating))
-    if s.momentum != 0:
-        memset(v, 0, P * sizeof(floating))
+    # always: without momentum v holds the last step, and an overflowed one (inf) from
+    # this thread's previous client would make 0 * v NaN
+    memset(v, 0, P * sizeof(floating))
     if corr != NULL:
         for j in range(d + 1):
             memcpy(cp + j * kp, corr + j * k, k * sizeof(floating))

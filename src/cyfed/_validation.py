@@ -1,5 +1,6 @@
 """Argument checks shared by the public wrappers (run before any nogil code)."""
 import numbers
+import sys
 import warnings
 
 import numpy as np
@@ -33,11 +34,87 @@ def matrix(a, name, *, allow_empty=False):
     return np.require(arr, requirements=("C", "A"))
 
 
+def is_sparse(a):
+    """Whether `a` is a scipy.sparse matrix or array (without importing scipy.sparse:
+    when it is not loaded, nothing can be one)."""
+    sparse = sys.modules.get("scipy.sparse")
+    return sparse is not None and sparse.issparse(a)
+
+
+def csr(a, name, *, allow_empty=False):
+    """A scipy.sparse matrix/array as CSR with float32/float64 values and a valid indptr.
+
+    Other sparse formats (CSC, COO, ...) are converted to CSR (a copy; pass CSR to
+    avoid it), other real value dtypes to float64 (as `real_array`).  Unsorted column
+    indices and duplicate entries are kept (the kernels sum duplicates, as scipy
+    does).  indptr is checked here (O(n)); the column indices are checked by the
+    kernels as they read them (O(nnz), no extra pass).
+    """
+    if a.ndim != 2:
+        raise ValueError(f"{name} must be 2-d of shape (n_samples, n_features), "
+                         f"got shape {a.shape}")
+    X = a if a.format == "csr" else a.tocsr()
+    n, d = X.shape
+    if d == 0 or (n == 0 and not allow_empty):
+        raise ValueError(f"{name} must have at least one row and one column, "
+                         f"got shape {X.shape}")
+    if X.dtype not in FLOAT_DTYPES:
+        if X.dtype.kind not in "biuf":
+            raise TypeError(f"{name} must hold float32, float64, integer or bool values, "
+                            f"got dtype {X.dtype}")
+        X = X.astype(np.float64)
+    indptr = np.asarray(X.indptr)
+    if indptr.dtype.kind not in "iu" or np.asarray(X.indices).dtype.kind not in "iu":
+        raise TypeError(f"{name}.indptr and {name}.indices must be integer arrays, got "
+                        f"{indptr.dtype} and {np.asarray(X.indices).dtype}")
+    stored = min(len(X.data), len(X.indices))
+    expected = (f"{name}.indptr must be {n + 1} non-decreasing offsets from 0 to at most "
+                f"{stored} (the stored entries)")
+    if indptr.shape != (n + 1,):
+        raise ValueError(f"{expected}, got shape {indptr.shape}")
+    if indptr[0] != 0 or indptr[-1] > stored:
+        raise ValueError(f"{expected}, got {indptr[0]} .. {indptr[-1]}")
+    down = np.flatnonzero(indptr[1:] < indptr[:-1])
+    if down.size:
+        i = int(down[0])
+        raise ValueError(f"{expected}, got {name}.indptr[{i + 1}] = {indptr[i + 1]} < "
+                         f"{name}.indptr[{i}] = {indptr[i]}")
+    return X
+
+
+def csr_arrays(X):
+    """(data, indices, indptr, n_features) of a `csr`-checked matrix, as the sparse
+    kernels take them: C-contiguous, the nnz stored entries only, indices and indptr
+    both int32 (when both are) or both int64."""
+    both32 = X.indices.dtype == np.int32 and X.indptr.dtype == np.int32
+    index = np.int32 if both32 else np.int64
+    nnz = int(X.indptr[-1])
+    return (np.ascontiguousarray(X.data[:nnz]),
+            np.ascontiguousarray(X.indices[:nnz], dtype=index),
+            np.ascontiguousarray(X.indptr, dtype=index), X.shape[1])
+
+
+def finite_csr(X, name, rows=None):
+    """Raise ValueError if the stored values of X (X[rows] if given) hold NaN or
+    infinity, naming the first bad entry's row (of X) and column."""
+    part = X if rows is None else X[rows]
+    nnz = int(part.indptr[-1])
+    bad = np.flatnonzero(~np.isfinite(part.data[:nnz]))
+    if bad.size:
+        p = int(bad[0])
+        i = int(np.searchsorted(part.indptr, p, side="right")) - 1
+        row = i if rows is None else int(rows[i])
+        raise ValueError(f"{name} contains NaN or infinity in row {row} "
+                         f"({name}[{row}, {int(part.indices[p])}] = {part.data[p]})")
+
+
 def vector(a, name, length, dtype):
     """A C-contiguous 1-d array of `length` in `dtype`."""
     arr = real_array(a, name)
     if arr.ndim != 1 or arr.shape[0] != length:
         raise ValueError(f"{name} must have shape ({length},), got shape {arr.shape}")
+    if arr.dtype == dtype and arr.flags.c_contiguous and arr.flags.aligned:
+        return arr                      # as it is (np.require costs microseconds per call)
     return np.require(arr, dtype=dtype, requirements=("C", "A"))
 
 

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+from scipy import sparse
 
 FORMAT = 1
 
@@ -80,7 +81,12 @@ def digest(*parts):
     """A short hex digest of arrays and JSON-able values (config and data fingerprints)."""
     h = hashlib.blake2b(digest_size=16)
     for part in parts:
-        if isinstance(part, np.ndarray):
+        if sparse.issparse(part):           # CSR: its shape and arrays
+            part = sparse.csr_matrix(part)
+            h.update(f"csr{part.shape}".encode())
+            for arr in (part.indptr, part.indices, part.data):
+                h.update(digest(arr).encode())
+        elif isinstance(part, np.ndarray):
             arr = np.ascontiguousarray(part)
             h.update(f"{arr.dtype.str}{arr.shape}".encode())
             h.update(memoryview(arr).cast("B"))

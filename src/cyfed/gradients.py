@@ -15,6 +15,12 @@ kernels; this module checks and coerces the arguments first.
 The working dtype is X's: float32 and float64 are kept, integer and bool X
 become float64; y, coef, intercept and sample_weight are cast to it and the
 gradients come back in it.  Sums are accumulated in float64 either way.
+
+X may be a scipy.sparse matrix or array: CSR is used as it is (values float32 or
+float64, indices int32 or int64; unsorted column indices are fine and duplicate
+entries add up, as in scipy), other formats (CSC, COO, ...) are converted to CSR
+first (a copy per call: pass CSR).  The CSR kernels (cyfed._sparse_losses) make
+one pass over the nonzeros with the same results as the dense ones on X.toarray().
 """
 import numbers
 
@@ -24,6 +30,7 @@ from cyfed import _validation as check
 from cyfed._simd import load
 
 _kernels, SIMD_LEVEL = load("_losses")
+_sparse, _ = load("_sparse_losses")
 Kind, Status = _kernels.LossKind, _kernels.Status
 
 LOSSES = {"squared": Kind.SQUARED, "logistic": Kind.LOGISTIC, "softmax": Kind.SOFTMAX}
@@ -75,10 +82,20 @@ def _raise_kernel_status(status, bad, kind, k, y, sample_weight, rows, n):
     raise RuntimeError(f"unknown kernel status {status}")
 
 
+def _raise_bad_column(x_args, row):
+    """ValueError for a CSR X whose row `row` holds a column index outside [0, d)."""
+    _, indices, indptr, d = x_args
+    cols = indices[indptr[row]:indptr[row + 1]]
+    col = cols[(cols < 0) | (cols >= d)][0]
+    raise ValueError(f"X (CSR) has a column index outside [0, {d}) in row {row}: {col} "
+                     "(X.indices must index X's columns)")
+
+
 def _raise_non_finite(what, X, y, sample_weight, rows):
-    """A non-finite result: name the input that caused it, or call it an overflow."""
-    used = X if rows is None else X[rows]
-    check.finite(used, "X" if rows is None else "X[rows]")
+    """A non-finite result: name the input that caused it, or call it an overflow
+    (X None: already checked by the caller)."""
+    if X is not None:
+        check.finite(X if rows is None else X[rows], "X" if rows is None else "X[rows]")
     check.finite(y if rows is None else y[rows], "y" if rows is None else "y[rows]")
     if sample_weight is not None:
         check.finite(sample_weight, "sample_weight")
@@ -87,10 +104,13 @@ def _raise_non_finite(what, X, y, sample_weight, rows):
 
 
 class Problem:
-    """Validated data of one loss: X (n, d) C-contiguous, y (n,) and weights in X's dtype.
+    """Validated data of one loss: X (n, d) C-contiguous or a checked CSR matrix
+    (`_validation.csr`), y (n,) and weights in X's dtype.
 
     Built once by `prepare`; trainers then call `sums` (or `clipped_sums`) every
-    iteration with no further checks.
+    iteration with no further checks.  `sparse` tells which kernels run: a kernel
+    module (`kernels`: cyfed._losses or cyfed._sparse_losses) is called with
+    ``*x_args`` in X's place (dense: X; CSR: data, indices, indptr, n_features).
     """
 
     def __init__(self, kind_name, X, y, sample_weight):
@@ -99,14 +119,35 @@ class Problem:
         self.sample_weight = sample_weight          # empty array: unit weights
         self.n, self.d = X.shape
         self.dtype = X.dtype
+        self.sparse = check.is_sparse(X)
+        self.kernels = _sparse if self.sparse else _kernels
+        self.x_args = check.csr_arrays(X) if self.sparse else (X,)
         self._row_sq_norms = None
+        self._canonical_args = None
+
+    @property
+    def canonical_x_args(self):
+        """`x_args` with duplicate entries of a CSR X summed (a copy made on first use
+        when X has any, or unsorted indices): for kernels that square single entries."""
+        if not self.sparse or self.X.has_canonical_format:
+            return self.x_args
+        if self._canonical_args is None:
+            X = self.X.copy()
+            X.sum_duplicates()
+            self._canonical_args = check.csr_arrays(X)
+        return self._canonical_args
 
     @property
     def row_sq_norms(self):
         """||x_i||^2 of every row, float64 (also for float32 X, so the clipping
         threshold carries no float32 rounding); computed on first use and kept."""
         if self._row_sq_norms is None:
-            self._row_sq_norms = np.einsum("ij,ij->i", self.X, self.X, dtype=np.float64)
+            if self.sparse:
+                data, _, indptr, _ = self.canonical_x_args
+                self._row_sq_norms = np.empty(self.n, dtype=np.float64)
+                _sparse.row_sq_norms(data, indptr, self._row_sq_norms)
+            else:
+                self._row_sq_norms = np.einsum("ij,ij->i", self.X, self.X, dtype=np.float64)
         return self._row_sq_norms
 
     def sums(self, coef2d, intercept, rows, out, n_threads):
@@ -131,17 +172,26 @@ class Problem:
         if rows is not None and len(rows) == 0:
             out[:] = 0
             return 0.0, 0.0, 0
-        loss_sum, weight_sum, n_clipped, status, bad = _kernels.loss_grad_sums(
-            self.kind, self.X, self.y, coef2d, intercept, self.sample_weight, idx, out,
+        loss_sum, weight_sum, n_clipped, status, bad = self.kernels.loss_grad_sums(
+            self.kind, *self.x_args, self.y, coef2d, intercept, self.sample_weight, idx, out,
             n_threads, clip_norm, row_sq_norms)
-        if status != Status.OK:
-            _raise_kernel_status(status, bad, self.kind, coef2d.shape[1], self.y,
-                                 self.sample_weight, idx, self.n)
+        self.check_status(status, bad, coef2d.shape[1], rows)
         return loss_sum, weight_sum, n_clipped
+
+    def check_status(self, status, bad, k, rows):
+        """Raise the ValueError a kernel's status stands for (nothing for OK)."""
+        if status == Status.OK:
+            return
+        if self.sparse and status == _sparse.SparseStatus.BAD_COLUMN:
+            _raise_bad_column(self.x_args, bad)
+        _raise_kernel_status(status, bad, self.kind, k, self.y, self.sample_weight,
+                             _ALL_ROWS if rows is None else rows, self.n)
 
     def raise_non_finite(self, what, rows=None):
         """Name the non-finite input behind a non-finite result, or call it an overflow."""
-        _raise_non_finite(what, self.X, self.y,
+        if self.sparse:
+            check.finite_csr(self.X, "X", rows)
+        _raise_non_finite(what, None if self.sparse else self.X, self.y,
                           self.sample_weight if len(self.sample_weight) else None, rows)
 
 
@@ -149,10 +199,18 @@ _ALL_ROWS = np.empty(0, dtype=np.intp)
 _NO_NORMS = np.empty(0, dtype=np.float64)
 
 
+def _matrix(X, allow_empty=False):
+    """X checked and coerced: a CSR matrix (`_validation.csr`) or a dense C-contiguous one."""
+    if check.is_sparse(X):
+        return check.csr(X, "X", allow_empty=allow_empty)
+    return check.matrix(X, "X", allow_empty=allow_empty)
+
+
 def prepare(loss, X, y, sample_weight=None, *, allow_empty=False):
-    """Validate and coerce (loss, X, y, sample_weight) into a `Problem`."""
+    """Validate and coerce (loss, X, y, sample_weight) into a `Problem` (X dense or
+    scipy.sparse, see the module docstring)."""
     _loss_kind(loss)
-    X = check.matrix(X, "X", allow_empty=allow_empty)
+    X = _matrix(X, allow_empty)
     n = X.shape[0]
     y = check.vector(y, "y", n, X.dtype)
     sw = (np.empty(0, dtype=X.dtype) if sample_weight is None
@@ -188,7 +246,7 @@ def loss_grad(loss, X, y, coef, intercept=None, *, l2=0.0, sample_weight=None, r
     Parameters
     ----------
     loss : {"squared", "logistic", "softmax"}
-    X : array of shape (n, d)
+    X : array of shape (n, d), or a scipy.sparse matrix/array (CSR used directly)
     y : array of shape (n,)
         Targets (squared), labels 0/1 (logistic) or class ids 0..k-1 (softmax).
     coef : array of shape (d,), or (d, k) with k >= 2 for softmax
@@ -221,16 +279,23 @@ def loss_grad(loss, X, y, coef, intercept=None, *, l2=0.0, sample_weight=None, r
         raise ValueError("sample_weight must have a positive sum over the rows used, "
                          f"got {weight_sum}")
 
-    coef64 = coef2d.astype(np.float64, copy=False)
-    with np.errstate(over="ignore", invalid="ignore"):
-        value = loss_sum / weight_sum + 0.5 * l2 * float(np.dot(coef64.ravel(), coef64.ravel()))
+    value = loss_sum / weight_sum
     grad /= weight_sum
-    with np.errstate(over="ignore", invalid="ignore"):
-        grad_coef = (grad[:d * k].reshape(d, k) + l2 * coef64).astype(dtype)
+    grad_coef = grad[:d * k].reshape(d, k)
+    if l2 > 0:
+        coef64 = coef2d.astype(np.float64, copy=False)
+        with np.errstate(over="ignore", invalid="ignore"):
+            value += 0.5 * l2 * float(np.dot(coef64.ravel(), coef64.ravel()))
+            grad_coef = grad_coef + l2 * coef64
+            grad_coef = grad_coef.astype(dtype)
+        if not (np.isfinite(value) and np.isfinite(grad_coef).all()):
+            raise FloatingPointError(f"the L2 term (l2={l2}) overflowed in {dtype}: "
+                                     "coef is too large for this penalty")
+    else:         # the kernel's sums are finite (checked); their mean may not fit float32
+        grad_coef = grad_coef.astype(dtype)
+        if dtype != np.float64 and not np.isfinite(grad_coef).all():
+            raise FloatingPointError(f"the gradient overflowed {dtype}: scale X or use float64")
     grad_coef = grad_coef.reshape(coef_in_shape)
-    if not (np.isfinite(value) and np.isfinite(grad_coef).all()):
-        raise FloatingPointError(f"the L2 term (l2={l2}) overflowed in {dtype}: "
-                                 "coef is too large for this penalty")
     if intercept is None:
         grad_intercept = None
     elif k == 1:
@@ -290,8 +355,11 @@ def clipped_grad_sum(loss, X, y, coef, intercept=None, *, clip_norm, sample_weig
 
 
 def margins(X, coef, intercept=None, *, n_threads=None):
-    """z = X @ coef + intercept, shape (n,) for coef of shape (d,), (n, k) for (d, k)."""
-    X = check.matrix(X, "X")
+    """z = X @ coef + intercept, shape (n,) for coef of shape (d,), (n, k) for (d, k).
+
+    X is dense or scipy.sparse (as in `loss_grad`); z is in X's working dtype.
+    """
+    X = _matrix(X)
     n, d = X.shape
     coef_arr = check.real_array(coef, "coef")
     if coef_arr.ndim not in (1, 2) or coef_arr.shape[0] != d:
@@ -301,9 +369,17 @@ def margins(X, coef, intercept=None, *, n_threads=None):
     k = coef2d.shape[1]
     b = intercept_1d(intercept, k, X.dtype)
     out = np.empty((n, k), dtype=X.dtype)
-    _kernels.margins(X, coef2d, b, out, check.n_threads(n_threads, _kernels.max_threads()))
+    threads = check.n_threads(n_threads, _kernels.max_threads())
+    sparse = check.is_sparse(X)
+    if sparse:
+        x_args = check.csr_arrays(X)
+        status, bad = _sparse.margins(*x_args, coef2d, b, out, threads)
+        if status != Status.OK:
+            _raise_bad_column(x_args, bad)
+    else:
+        _kernels.margins(X, coef2d, b, out, threads)
     if not np.isfinite(out).all():
-        check.finite(X, "X")
+        (check.finite_csr if sparse else check.finite)(X, "X")
         raise FloatingPointError("margins overflowed although X and coef are finite")
     return out.reshape(n) if coef_arr.ndim == 1 else out
 

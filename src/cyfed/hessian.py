@@ -17,13 +17,17 @@ iterate (`curvature`, one pass over X) and then any number of products
 (`hess_vec_sums`, one fused pass each), the whole Hessian (`hessian_sums`) or its
 diagonal (`hessian_diag_sums`, one pass).
 Sums are accumulated in float64 whatever X's dtype, and results are float64.
+
+X may be a CSR matrix (cyfed.gradients' Problem with ``sparse`` set): every function
+here then runs the CSR kernels of cyfed._sparse_losses (row by row over the
+nonzeros; `hessian_sums` accumulates the outer products of each row's nonzeros
+into a dense p x p matrix per thread, so it is for small d only).
 """
 import numpy as np
 
 from cyfed import _validation as check
 from cyfed._simd import load
-from cyfed.gradients import (Kind, Status, _raise_kernel_status, coef_2d, intercept_1d,
-                             prepare)
+from cyfed.gradients import Kind, coef_2d, intercept_1d, prepare
 from cyfed.gradients import _kernels as _loss_kernels      # have_openmp, max_threads
 
 _kernels, SIMD_LEVEL = load("_hessian")
@@ -31,10 +35,9 @@ _kernels, SIMD_LEVEL = load("_hessian")
 _ALL_ROWS = np.empty(0, dtype=np.intp)
 
 
-def _check_status(status, bad, problem, k, rows):
-    if status != Status.OK:
-        _raise_kernel_status(status, bad, problem.kind, k, problem.y, problem.sample_weight,
-                             _ALL_ROWS if rows is None else rows, problem.n)
+def _second_order(problem):
+    """The module of the problem's second-order kernels (dense or CSR)."""
+    return problem.kernels if problem.sparse else _kernels
 
 
 def _n_rows(problem, rows):
@@ -55,10 +58,10 @@ def curvature(problem, coef2d, intercept, rows, n_threads):
     width = k if problem.kind == Kind.SOFTMAX else 1
     out = np.empty(n_rows * width, dtype=np.float64)
     if n_rows > 0:
-        status, bad = _kernels.curvature(
-            problem.kind, problem.X, problem.y, coef2d, intercept, problem.sample_weight,
-            _ALL_ROWS if rows is None else rows, out, n_threads)
-        _check_status(status, bad, problem, k, rows)
+        status, bad = _second_order(problem).curvature(
+            problem.kind, *problem.x_args, problem.y, coef2d, intercept,
+            problem.sample_weight, _ALL_ROWS if rows is None else rows, out, n_threads)
+        problem.check_status(status, bad, k, rows)
     return out.reshape(n_rows, k) if problem.kind == Kind.SOFTMAX else out
 
 
@@ -74,22 +77,23 @@ def hess_vec_sums(problem, curv, v2d, v_intercept, rows, out, n_threads):
     if _n_rows(problem, rows) == 0:
         out[:] = 0
         return
-    status, bad = _kernels.hess_vec_sums(
-        problem.kind, problem.X, problem.sample_weight, _ALL_ROWS if rows is None else rows,
-        curv.reshape(-1), v2d, v_intercept, out, n_threads)
-    _check_status(status, bad, problem, v2d.shape[1], rows)
+    status, bad = _second_order(problem).hess_vec_sums(
+        problem.kind, *problem.x_args, problem.sample_weight,
+        _ALL_ROWS if rows is None else rows, curv.reshape(-1), v2d, v_intercept, out, n_threads)
+    problem.check_status(status, bad, v2d.shape[1], rows)
 
 
-def _curvature_sums(kernel, problem, curv, rows, fit_intercept, out, n_threads):
-    """Run `kernel` (_hessian.hessian_sums or hessian_diag_sums, same arguments) into out."""
+def _curvature_sums(name, x_args, problem, curv, rows, fit_intercept, out, n_threads):
+    """Run the kernel `name` (hessian_sums or hessian_diag_sums, same arguments) of the
+    problem's kernel module on x_args into out."""
     k = curv.shape[1] if problem.kind == Kind.SOFTMAX else 1
     if _n_rows(problem, rows) == 0:
         out[...] = 0
         return
-    status, bad = kernel(problem.kind, problem.X, problem.sample_weight,
-                         _ALL_ROWS if rows is None else rows, curv.reshape(-1), k,
-                         bool(fit_intercept), out, n_threads)
-    _check_status(status, bad, problem, k, rows)
+    status, bad = getattr(_second_order(problem), name)(
+        problem.kind, *x_args, problem.sample_weight, _ALL_ROWS if rows is None else rows,
+        curv.reshape(-1), k, bool(fit_intercept), out, n_threads)
+    problem.check_status(status, bad, k, rows)
 
 
 def hessian_sums(problem, curv, rows, fit_intercept, out, n_threads):
@@ -99,7 +103,8 @@ def hessian_sums(problem, curv, rows, fit_intercept, out, n_threads):
     curv is `curvature`'s result for the same rows.  Binary: [X 1]^T diag(D) [X 1];
     softmax: entry ((j, c), (j', c')) = sum_i w_i x~_ij x~_ij' (p_ic [c = c'] - p_ic p_ic').
     """
-    _curvature_sums(_kernels.hessian_sums, problem, curv, rows, fit_intercept, out, n_threads)
+    _curvature_sums("hessian_sums", problem.x_args, problem, curv, rows, fit_intercept, out,
+                    n_threads)
 
 
 def hessian_diag_sums(problem, curv, rows, fit_intercept, out, n_threads):
@@ -108,10 +113,11 @@ def hessian_diag_sums(problem, curv, rows, fit_intercept, out, n_threads):
 
     curv is `curvature`'s result for the same rows.  Entry j*k + c is
     sum_i R_ic x_ij^2, entry d*k + c the intercept's sum_i R_ic (0 unless
-    fit_intercept), with R_ic = D_i (binary) or w_i p_ic (1 - p_ic) (softmax).
+    fit_intercept), with R_ic = D_i (binary) or w_i p_ic (1 - p_ic) (softmax).  A CSR
+    X with duplicate entries is summed into a canonical copy first (kept by problem).
     """
-    _curvature_sums(_kernels.hessian_diag_sums, problem, curv, rows, fit_intercept, out,
-                    n_threads)
+    _curvature_sums("hessian_diag_sums", problem.canonical_x_args, problem, curv, rows,
+                    fit_intercept, out, n_threads)
 
 
 # ------------------------------------------------------------------- validating front end

@@ -3,8 +3,11 @@
 * `load(path, ...) -> LabeledData (X, y)`: one data set, or one rank's rows of
   it, from .npy (memory-mapped), .npz, delimited text (.csv, .tsv, .tab, .txt,
   or any text file whose content is delimited) or LIBSVM/svmlight text (.svm,
-  .libsvm, .svmlight; densified under a memory limit); text formats may be
-  compressed (.gz, .bz2, .xz: ``data.csv.gz``);
+  .libsvm, .svmlight; X as a CSR matrix, each rank parsing only its byte
+  share); text formats may be compressed (.gz, .bz2, .xz: ``data.csv.gz``);
+* `load_svmlight(path, ...)`: a LIBSVM file, or a byte range of it, as (X CSR, y)
+  like scikit-learn's ``load_svmlight_file``, parsed by compiled threads;
+  `save_svmlight(path, X, y)` writes one;
 * `load_xy(x_path, y_path, ...)`: X and y kept as two .npy files;
 * `load_clients(path, ...)`: federated clients from a directory of per-client
   files, or from one file split by a partitioner of `cyfed.data`;
@@ -13,7 +16,8 @@
 * `builtin(name)`: the seed's toy data, FedProx Synthetic(1, 1) and
   scikit-learn's bundled data sets.
 
-Every function returns X as a C-contiguous 2-d array and y as a 1-d array, both
+Every function returns X as a C-contiguous 2-d array (a scipy.sparse CSR matrix
+for LIBSVM files, unless ``dense=True``) and y as a 1-d array, both
 in the requested float dtype ("float32" or "float64"), as a `LabeledData`: a
 tuple ``(X, y)`` whose `classes` attribute holds the class names when the labels
 were text (y then holds their codes 0..k-1).  Malformed text input is reported
@@ -21,18 +25,25 @@ as ``ValueError("path:line:column: ...")``, the column being the 1-based
 character position where the bad field or token starts.  See docs/data.md.
 """
 import bz2
+import contextlib
 import csv
+import functools
 import gzip
 import lzma
 import math
+import mmap
 import numbers
+import os
 import re
 import zipfile
 from collections import namedtuple
 from pathlib import Path
 
 import numpy as np
+from scipy import sparse
 
+from cyfed import _svmlight
+from cyfed import _validation as check
 from cyfed._validation import FLOAT_DTYPES
 from cyfed.data import (dirichlet, iid, load_shard, make_fedprox_synthetic, quantity_skew,
                         shard_rows, shards)
@@ -53,15 +64,18 @@ PARTITIONS = {
                                                                 alpha=alpha, seed=seed),
 }
 SKLEARN_BUILTINS = ("iris", "digits", "wine", "breast_cancer", "diabetes")
-FEDERATED_BUILTINS = ("fedprox-synthetic",)
+FEDERATED_BUILTINS = ("seed-clients", "fedprox-synthetic")
 BUILTINS = ("seed", *FEDERATED_BUILTINS, *SKLEARN_BUILTINS)
 
-# The seed example's least-squares data (`cyfed demo`, mpi_examples/federated_seed.py).
+# The source article's least-squares data: example 4.1's rows (`cyfed demo`) and example
+# 4.2's two clients (mpi_examples/federated_seed.py).
 _SEED_X = ((1.0, 2.0), (2.0, 3.0), (3.0, 4.0))
 _SEED_Y = (1.0, 2.0, 3.0)
+_SEED_CLIENTS = ((((1.0, 2.0), (2.0, 3.0)), (1.0, 2.0)),
+                 (((2.0, 3.0), (3.0, 4.0)), (2.0, 3.0)))
 
 _TOKEN = re.compile(r"\S+")
-_SVMLIGHT_LINE = re.compile(r"\s*\S+(\s+\d+:\S+)+\s*(#.*)?")
+_SVMLIGHT_LINE = re.compile(r"\s*\S+(\s+qid:\S+)?(\s+\d+:\S+)+\s*(#.*)?")
 _SNIFF_CHARS = 8192                 # the head of a text file that delimiters are sniffed from
 _Ranks = namedtuple("_Ranks", "rank size")      # the part of a Communicator load_shard reads
 # A whole table read from a file: X and y (NaN where missing), the class names (None:
@@ -94,7 +108,7 @@ class LabeledData(tuple):
 
 
 def load(path, *, label=-1, dtype="float64", delimiter="auto", header=None, missing=None,
-         zero_based="auto", rank=0, size=1, max_bytes=2**31, n_features=None):
+         zero_based="auto", rank=0, size=1, n_features=None, dense=False, max_bytes=2**31):
     """This rank's rows (X, y) of a data file, chosen by the file's extension.
 
     Parameters
@@ -103,7 +117,8 @@ def load(path, *, label=-1, dtype="float64", delimiter="auto", header=None, miss
         .npy: a 2-d array, memory-mapped so only this rank's rows are read;
         .npz: arrays "X" (n, d) and "y" (n,) (y may hold strings: class names);
         .csv, .tsv, .tab, .txt: delimited text; .svm/.libsvm/.svmlight:
-        ``label index:value ...`` lines, ``#`` comments, densified.  A text
+        ``label [qid:n] index:value ...`` lines, ``#`` comments, read by
+        `load_svmlight` into a CSR matrix.  A text
         file may be compressed (``.csv.gz``, ``.libsvm.bz2``, ``.tsv.xz``); a
         file with another extension is read when its content is delimited text
         or LIBSVM.
@@ -133,17 +148,27 @@ def load(path, *, label=-1, dtype="float64", delimiter="auto", header=None, miss
         when any index is 0, else 1-based (scikit-learn's ``zero_based="auto"``).
     rank, size : int
         Keep rows ``cyfed.data.shard_rows(n, rank, size)`` (of the rows left
-        after dropping missing values).
-    max_bytes : int
-        Refuse to densify LIBSVM rows whose dense X (this rank's rows x
-        n_features x itemsize) would exceed this many bytes.
+        after dropping missing values).  A LIBSVM file is split by bytes
+        instead: rank r parses the lines of bytes [r*N/size, (r+1)*N/size)
+        of the N-byte file (see `load_svmlight`), so the ranks' rows follow
+        one another in file order.  When n_features is None or zero_based is
+        "auto", every rank first scans the whole file's indices (no values
+        parsed) so that all ranks agree; `cyfed.data.load_shard` agrees over
+        a communicator instead and reads only the rank's bytes.
     n_features : int or None
         Width of a LIBSVM X; None: the largest feature index in the file.
+    dense : bool
+        Return a LIBSVM X as a dense array instead of CSR (refused beyond
+        `max_bytes`).
+    max_bytes : int
+        With dense=True, refuse to densify LIBSVM rows whose dense X (this
+        rank's rows x n_features x itemsize) would exceed this many bytes.
 
     Returns
     -------
     LabeledData
-        X : (n_rank, d) C-contiguous array of `dtype`; y : (n_rank,) array of
+        X : (n_rank, d) C-contiguous array of `dtype` (LIBSVM: a
+        scipy.sparse.csr_matrix unless dense=True); y : (n_rank,) array of
         `dtype` (None: label=None and no labels in the file); `.classes`.
     """
     path, dt = _file(path), _dtype(dtype)
@@ -153,8 +178,12 @@ def load(path, *, label=-1, dtype="float64", delimiter="auto", header=None, miss
     if fmt == "npy":
         X, y, classes = _read_npy(path, label, missing, rank, size)
     elif fmt == "svmlight":
-        X, y, classes = _read_svmlight(path, dt, rank, size, max_bytes, n_features,
-                                       zero_based)
+        _svmlight_options(n_features, zero_based)
+        shard_rows(0, rank, size)                   # refuses a bad rank or size
+        X, y, classes = _read_svmlight(path, dt, rank, size, n_features, zero_based)
+        if dense:
+            _check_dense_size(path, *X.shape, dt, max_bytes)
+            X = X.toarray()
     else:
         table = (_read_csv(path, label, delimiter, header) if fmt == "csv"
                  else _read_npz(path, need_y=label is not None))
@@ -197,20 +226,30 @@ def load_clients(path, *, partition=None, n_clients=None, seed=0, alpha=0.5, **l
     return _load_partitioned(path, partition, n_clients, seed, alpha, load_kwargs)
 
 
-def save_clients(clients, directory, fmt="npz", *, force=False):
+def save_clients(clients, directory, fmt=None, *, force=False):
     """Write client k as directory/client_<k>.<fmt>, which `load_clients` reads back.
 
     fmt "npz" stores arrays "X" and "y" (y as the class names for clients with
     `classes`); "npy" stores one array with y as its last column (numbers
-    only).  k is zero-padded (at least 3 digits) so that name order is client
+    only); "svm" a LIBSVM file (numbers only; `save_svmlight`), the format of
+    scipy.sparse clients, which it keeps sparse.  None: "svm" when the clients'
+    X are sparse, else "npz".  k is zero-padded (at least 3 digits) so that name order is client
     order.  A directory already holding earlier client files is refused
     unless `force=True`, which deletes them first (so no stale client is read
     back); one holding other data files is always refused.  Returns the paths.
     """
-    if fmt not in ("npz", "npy"):
-        raise ValueError(f"fmt must be 'npz' or 'npy', got {fmt!r}")
-    arrays = [_check_xy(f"client {k}", np.asarray(client[0]), _client_labels(client, fmt))
-              for k, client in enumerate(clients)]
+    clients = list(clients)
+    held = [client[0] if sparse.issparse(client[0]) else np.asarray(client[0])
+            for client in clients]
+    if fmt is None:
+        fmt = "svm" if any(sparse.issparse(X) for X in held) else "npz"
+    if fmt not in ("npz", "npy", "svm"):
+        raise ValueError(f"fmt must be 'npz', 'npy' or 'svm', got {fmt!r}")
+    if fmt != "svm" and any(sparse.issparse(X) for X in held):
+        raise ValueError(f"the clients' X are sparse, and {fmt} client files hold dense "
+                         "arrays: save as svm (LIBSVM), which keeps them sparse")
+    arrays = [_check_xy(f"client {k}", X, _client_labels(client, fmt))
+              for k, (X, client) in enumerate(zip(held, clients))]
     if not arrays:
         raise ValueError("clients is empty: nothing to save")
     directory = Path(directory)
@@ -244,8 +283,10 @@ def relabel(data, classes, of="the model", *, source=None):
 def builtin(name, *, dtype="float64", seed=0):
     """A built-in data set: (X, y), or a list of clients (X_k, y_k) for federated ones.
 
-    Names in FEDERATED_BUILTINS return clients: "fedprox-synthetic" is
-    FedProx's Synthetic(1, 1) over 30 devices drawn with `seed`.  The others
+    Names in FEDERATED_BUILTINS return clients: "seed-clients" the source
+    article's example 4.2 (X1 = [[1, 2], [2, 3]], y1 = [1, 2]; X2 = [[2, 3], [3, 4]],
+    y2 = [2, 3]), "fedprox-synthetic" FedProx's Synthetic(1, 1) over 30 devices
+    drawn with `seed`.  The others
     return (X, y): "seed", the seed example's X = [[1, 2], [2, 3], [3, 4]], y = [1, 2, 3],
     and scikit-learn's bundled "iris", "digits", "wine", "breast_cancer" and
     "diabetes" (needs scikit-learn).  `seed` only affects generated data.
@@ -253,6 +294,8 @@ def builtin(name, *, dtype="float64", seed=0):
     dt = _dtype(dtype)
     if name == "seed":
         return _finish(name, np.array(_SEED_X), np.array(_SEED_Y), dt)
+    if name == "seed-clients":
+        return [_finish(name, np.array(X), np.array(y), dt) for X, y in _SEED_CLIENTS]
     if name == "fedprox-synthetic":
         devices = make_fedprox_synthetic(1.0, 1.0, 30, seed=seed)
         return [_finish(name, X, y, dt) for X, y in devices]
@@ -325,11 +368,13 @@ def _check_xy(path, X, y):
 
 
 def _finish(path, X, y, dt, classes=None):
-    """LabeledData of X (C-contiguous) and y (or None) as real arrays of dtype `dt`."""
+    """LabeledData of X (C-contiguous, or CSR as it is) and y (or None) as real arrays of
+    dtype `dt`."""
     for name, arr in (("X", X), ("y", y)):
         if arr is not None and arr.dtype.kind not in "biuf":
             raise ValueError(f"{path}: {name} must hold real numbers, got dtype {arr.dtype}")
-    return LabeledData(np.ascontiguousarray(X, dtype=dt),
+    X = X.astype(dt, copy=False) if sparse.issparse(X) else np.ascontiguousarray(X, dtype=dt)
+    return LabeledData(X,
                        None if y is None else np.ascontiguousarray(y, dtype=dt), classes)
 
 
@@ -504,13 +549,21 @@ def _read_text(path, limit=-1):
     """The (decompressed) text of a UTF-8 file, or its first `limit` characters."""
     opener = COMPRESSIONS.get(path.suffix.lower(), open)
     try:
-        with opener(path, "rt", encoding="utf-8-sig") as f:
+        with _decompressing(path), opener(path, "rt", encoding="utf-8-sig") as f:
             return f.read(limit)
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path}: not UTF-8 text ({exc})") from None
+
+
+@contextlib.contextmanager
+def _decompressing(path):
+    """Report a compressed file's decompression errors as ValueError naming it."""
+    if path.suffix.lower() not in COMPRESSIONS:
+        yield
+        return
+    try:
+        yield
     except (OSError, EOFError, lzma.LZMAError) as exc:
-        if opener is open:
-            raise
         raise ValueError(f"{path}: cannot decompress as {path.suffix}: {exc}") from None
 
 
@@ -691,85 +744,275 @@ def _field_starts(text, delimiter):
 
 # -- LIBSVM / svmlight -------------------------------------------------------------------
 
-def _read_svmlight(path, dt, rank, size, max_bytes, n_features, zero_based):
-    """This rank's rows (X, y, None) of a LIBSVM file, X dense (n_rank, n_features)."""
-    labels, counts, indices, values = _parse_svmlight(path, one_based=zero_based is False)
-    if zero_based is False or (zero_based == "auto" and not (indices == 0).any()):
-        indices = indices - 1
-    d = _svmlight_width(path, indices, n_features)
-    rows = shard_rows(labels.size, rank, size)
-    n = rows.stop - rows.start
-    _check_dense_size(path, n, d, dt, max_bytes)
-    offsets = np.concatenate([[0], np.cumsum(counts)])
-    lo, hi = offsets[rows.start], offsets[rows.stop]
-    X = np.zeros((n, d), dtype=dt)
-    X[np.repeat(np.arange(n), counts[rows]), indices[lo:hi]] = values[lo:hi]
-    return X, labels[rows], None
+def load_svmlight(path, n_features=None, *, offset=0, length=-1, dtype=np.float64,
+                  zero_based="auto", query_id=False, n_threads=None):
+    """A LIBSVM / svmlight file (or a byte range of it) as a CSR matrix and labels.
+
+    Lines are ``label [qid:int] index:value index:value ...`` with increasing
+    indices; ``#`` starts a comment; blank lines are skipped; CRLF line ends
+    are read.  The arguments mean what they mean in scikit-learn's
+    ``sklearn.datasets.load_svmlight_file``, and the results are equal to its.
+    The text is memory-mapped and parsed by `n_threads` threads into arrays
+    allocated at their final sizes (no intermediate copies).
+
+    Parameters
+    ----------
+    path : str or Path
+        The file; ``.gz``, ``.bz2`` and ``.xz`` files are decompressed into
+        memory first (offset and length then count decompressed bytes).
+    n_features : int or None
+        Number of columns of X.  None: the largest index + 1 (of this byte
+        range).  A larger index is refused, located.
+    offset, length : int
+        Read the lines of the byte range [offset, offset + length) (length
+        <= 0: to the end): a line belongs to the range holding the byte just
+        before it, the first line to the range at offset 0.  So ranges that
+        tile the file read every line exactly once, each rank or process
+        reading only its own bytes.
+    dtype : float32 or float64
+        dtype of X (values are parsed as float64 and rounded, as scikit-learn
+        does); y is float64.
+    zero_based : "auto" or bool
+        Whether indices count from 0.  "auto": 0-based when an index 0
+        appears, else 1-based -- decided over what is read; with a byte range
+        (offset or length given) "auto" means True, as in scikit-learn, since
+        one range alone cannot decide for the file (`cyfed.data.load_shard`
+        decides "auto" over all ranks' ranges with a communicator).
+    query_id : bool
+        Also return each row's ``qid:`` value (0 for a row without one).
+    n_threads : int or None
+        Parser threads; None: OpenMP's default (OMP_NUM_THREADS).
+
+    Returns
+    -------
+    X : scipy.sparse.csr_matrix, (n_rows, n_features)
+        indptr and indices int32 when they fit, else int64; explicit zeros
+        in the file are kept, as scikit-learn keeps them.
+    y : (n_rows,) float64 array
+    qid : (n_rows,) int64 array
+        Only when query_id is True.
+
+    Raises ValueError ``"path:line:column: what"`` for malformed text (line
+    numbers are the file's, column the 1-based character position of the
+    token): a label or value that is not a finite decimal number (inf, nan
+    and hexadecimal are refused), a token without ``:``, an index that is
+    not an integer >= 0 (>= 1 with zero_based=False), not increasing along
+    its line, or >= n_features.
+
+    Notes
+    -----
+    Memory: the returned arrays plus a table of a few chunks per thread; the
+    file is memory-mapped, so only the range's pages are read (the OS may
+    cache them).  A compressed file's decompressed text is held in memory
+    while it is parsed.  A file without feature values gives X with 0
+    columns (scikit-learn's gives 1).
+    """
+    path, dt = _file(path), _dtype(dtype)
+    _svmlight_options(n_features, zero_based)
+    for name, value in (("offset", offset), ("length", length)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if offset < 0:
+        raise ValueError(f"offset must be >= 0, got {offset}")
+    if zero_based == "auto" and (offset or length > 0):
+        zero_based = True                  # scikit-learn's rule for a byte range
+
+    def where(n):
+        return offset, (offset + length if length > 0 else n)
+    part = _svmlight_range(path, where, dt, zero_based, n_features, bool(query_id), n_threads)
+    X = part.matrix(zero_based, n_features, part.stats)
+    return (X, part.y, part.qid) if query_id else (X, part.y)
 
 
-def _parse_svmlight(path, one_based=False):
-    """Labels, feature counts per row, and the rows' flat indices (as written) and values."""
-    labels, counts, indices, values = [], [], [], []
-    for line, text in _text_lines(path):
-        tokens = [(m.start() + 1, m.group()) for m in _TOKEN.finditer(text.split("#", 1)[0])]
-        if not tokens:
-            continue                                    # a comment line
-        labels.append(_svmlight_label(path, line, *tokens[0]))
-        row = _svmlight_features(path, line, tokens[1:], int(one_based))
-        counts.append(len(row))
-        indices.extend(index for index, _ in row)
-        values.extend(value for _, value in row)
-    if not labels:
+def save_svmlight(path, X, y, *, zero_based=False, query_id=None):
+    """Write X (n, d) and y (n,) as a LIBSVM file that `load_svmlight` reads back.
+
+    X may be dense or scipy.sparse; a CSR row's stored values are written (so
+    explicit zeros too), a dense row's non-zeros.  Values and labels are written
+    in the shortest text that reads back to the same float64 (so float32 data
+    round-trips exactly too).  `zero_based` False (the default) writes LIBSVM's
+    1-based indices, which "auto" reads back correctly whatever the data;
+    `query_id` (n,) integers are written as ``qid:``.  A path ending in .gz,
+    .bz2 or .xz is compressed.  Non-finite values are refused (the reader
+    refuses them).
+    """
+    X = sparse.csr_matrix(X)
+    y = np.asarray(y, dtype=np.float64)
+    if y.shape != (X.shape[0],):
+        raise ValueError(f"y must have shape ({X.shape[0]},), got {y.shape}")
+    if not (np.isfinite(X.data).all() and np.isfinite(y).all()):
+        raise ValueError("X and y must be finite: LIBSVM readers refuse inf and nan")
+    heads = y.astype(str).astype(object)
+    if query_id is not None:
+        qid = np.asarray(query_id)
+        if qid.shape != y.shape or qid.dtype.kind not in "iu":
+            raise ValueError(f"query_id must be {y.size} integers, got {qid.dtype} {qid.shape}")
+        heads = heads + " qid:" + qid.astype(str).astype(object)
+    X.sort_indices()
+    tokens = np.char.add(np.char.add((X.indices + (not zero_based)).astype(str), ":"),
+                            X.data.astype(np.float64).astype(str)).tolist()
+    opener = COMPRESSIONS.get(Path(path).suffix.lower(), open)
+    with opener(path, "wt", encoding="ascii") as f:
+        for i, head in enumerate(heads.tolist()):
+            row = tokens[X.indptr[i]:X.indptr[i + 1]]
+            f.write(f"{head} {' '.join(row)}\n" if row else f"{head}\n")
+    return Path(path)
+
+
+# (rows, smallest index, largest index) of LIBSVM text, indices as written (-1, -1: none).
+SvmlightStats = namedtuple("SvmlightStats", "rows low high")
+
+_SVMLIGHT_ERRORS = {
+    "label": "label {token!r} is not a finite number",
+    "qid": "qid in {token!r} is not an integer",
+    "colon": "expected index:value, got {token!r}",
+    "index": "feature index in {token!r} must be an integer >= {least}{rule}",
+    "order": "feature index {index} follows {detail}; indices must increase along a line",
+    "value": "value in {token!r} is not a finite number{range}",
+    "range": "feature index {detail} is out of range for n_features={n_features} ({basis})",
+}
+
+
+def _svmlight_options(n_features, zero_based):
+    """Refuse a bad n_features (None or an int >= 0) or zero_based."""
+    if n_features is not None and (isinstance(n_features, bool)
+                                   or not isinstance(n_features, numbers.Integral)):
+        raise TypeError(f"n_features must be an int or None, got {type(n_features).__name__}")
+    if n_features is not None and n_features < 0:
+        raise ValueError(f"n_features must be >= 0, got {n_features}")
+    _choice(zero_based, (True, False, "auto"), "zero_based")
+
+
+def _svmlight_range(path, where, dt, zero_based, n_features, query_id=False, n_threads=None):
+    """The parsed lines of byte range where(len(text)) -> (start, stop) of a LIBSVM file."""
+    threads = check.n_threads(n_threads, _svmlight.max_threads())
+    with _svmlight_text(path) as text:
+        return _SvmlightRange(path, text, *where(len(text)), dt, zero_based, n_features,
+                              query_id, threads)
+
+
+def _svmlight_file_stats(path, zero_based, n_threads=None):
+    """SvmlightStats of a whole LIBSVM file (indices checked, labels and values not read)."""
+    threads = check.n_threads(n_threads, _svmlight.max_threads())
+    least = int(zero_based is False)
+    with _svmlight_text(path) as text:
+        begin, end = _svmlight.line_range(text, 0, len(text))
+        try:
+            return SvmlightStats(*_svmlight.scan(text, begin, end, least, -1, threads))
+        except _svmlight.ParseError as error:
+            raise _svmlight_error(path, text, error, least=least) from None
+
+
+class _SvmlightRange:
+    """The lines of one byte range of a LIBSVM file, parsed into CSR arrays with the
+    indices as written (`matrix` makes X once zero-basedness and width are known)."""
+
+    def __init__(self, path, text, start, stop, dt, zero_based, n_features, query_id,
+                 n_threads):
+        self.path, self.n_threads = path, n_threads
+        self.least = int(zero_based is False)
+        self.begin, self.end = _svmlight.line_range(text, start, stop)
+        # Indices as written: at most n_features - 1 when 0-based, n_features when
+        # 1-based or not known yet ("auto", checked again by `matrix`).
+        limit = -1 if n_features is None else n_features - (zero_based is True)
+        try:
+            (self.indptr, self.indices, self.data, self.y, self.qid, low,
+             high) = _svmlight.parse(text, self.begin, self.end, dt, self.least, limit,
+                                     query_id, n_threads)
+        except _svmlight.ParseError as error:
+            raise _svmlight_error(path, text, error, least=self.least, n_features=n_features,
+                                  one_based=None if zero_based == "auto" else not zero_based,
+                                  dtype=dt) from None
+        self.stats = SvmlightStats(self.y.size, low, high)
+
+    def matrix(self, zero_based, n_features, stats):
+        """X as a csr_matrix, 0-based, given the file's (or the agreed) `stats`: 1-based
+        unless an index 0 appears there ("auto"); n_features None: the largest index
+        there + 1.  An index of this range beyond n_features is refused, located."""
+        one_based = zero_based is False or (zero_based == "auto" and stats.low > 0)
+        width = max(stats.high + 1 - one_based, 0) if n_features is None else n_features
+        if self.stats.high - one_based >= width:
+            self._refuse_beyond(width, one_based)
+        if one_based:
+            np.subtract(self.indices, 1, out=self.indices)
+        X = sparse.csr_matrix((self.data, self.indices, self.indptr),
+                              shape=(self.stats.rows, width))
+        X.has_sorted_indices = True                    # indices increase along each line
+        return X
+
+    def _refuse_beyond(self, n_features, one_based):
+        """Raise the located error of this range's first index beyond n_features."""
+        with _svmlight_text(self.path) as text:
+            try:
+                _svmlight.scan(text, self.begin, self.end, self.least,
+                               n_features - 1 + one_based, self.n_threads)
+            except _svmlight.ParseError as error:
+                raise _svmlight_error(self.path, text, error, n_features=n_features,
+                                      one_based=one_based) from None
+
+
+def _svmlight_error(path, text, error, *, least=0, n_features=None, one_based=None,
+                    dtype=np.dtype(np.float64)):
+    """The ValueError "path:line:column: what" for a ParseError of `text`."""
+    pos = error.pos
+    line_start = text.rfind(b"\n", 0, pos) + 1
+    column = len(text[line_start:pos].decode("utf-8-sig", "replace")) + 1
+    token = (text[pos:pos + 256].split(None, 1) or [b""])[0].split(b"#", 1)[0]
+    token = token.decode("utf-8", "replace")
+    basis = {True: f"1-based indices 1..{n_features}",
+             False: f"0-based indices 0..{n_features - 1 if n_features else -1}",
+             None: f"indices up to {n_features} if 1-based, "
+                   f"{n_features - 1 if n_features else -1} if 0-based"}[one_based]
+    message = _SVMLIGHT_ERRORS[error.code].format(
+        token=token, least=least, index=token.partition(":")[0], detail=error.detail,
+        rule=" (zero_based=False: LIBSVM indices are 1-based)" if least else "",
+        range=" (or beyond float32's range)" if dtype == np.float32 else "",
+        n_features=n_features, basis=basis)
+    return _where(path, _svmlight.count_newlines(text, pos) + 1, column, message)
+
+
+@contextlib.contextmanager
+def _svmlight_text(path):
+    """The bytes of a LIBSVM file: a read-only memory map, or the decompressed bytes
+    of a compressed file (b"" for an empty file, which cannot be mapped)."""
+    if path.suffix.lower() in COMPRESSIONS:
+        with _decompressing(path):
+            with COMPRESSIONS[path.suffix.lower()](path, "rb") as f:
+                text = f.read()
+        yield text
+        return
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            yield b""
+            return
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as text:
+            yield text
+
+
+def _byte_share(n, rank, size):
+    """(start, stop): rank's contiguous share of n bytes."""
+    return rank * n // size, (rank + 1) * n // size
+
+
+def _read_svmlight(path, dt, rank, size, n_features, zero_based):
+    """This rank's rows (X as CSR, y, None) of a LIBSVM file: the lines of its byte
+    share (`_byte_share`).  With several ranks, n_features=None or
+    zero_based="auto" are decided over the whole file by a scan of its indices
+    (each rank reads all of it once, without parsing values); with both given each
+    rank reads only its share."""
+    part = _svmlight_range(path, functools.partial(_byte_share, rank=rank, size=size), dt,
+                           zero_based, n_features)
+    if size == 1:
+        stats = part.stats
+    elif n_features is None or zero_based == "auto":
+        stats = _svmlight_file_stats(path, zero_based)
+    else:                                       # nothing to agree on
+        return part.matrix(zero_based, n_features, part.stats), part.y, None
+    if stats.rows == 0:
         raise ValueError(f"{path}: no data rows")
-    return (np.array(labels), np.array(counts, dtype=np.intp),
-            np.array(indices, dtype=np.intp), np.array(values))
-
-
-def _svmlight_label(path, line, column, token):
-    try:
-        return float(token)
-    except ValueError:
-        raise _where(path, line, column, f"label {token!r} is not a number") from None
-
-
-def _svmlight_features(path, line, tokens, least):
-    """[(index, value)] of one line's ``index:value`` tokens (indices >= least, increasing)."""
-    row, previous = [], least - 1
-    for column, token in tokens:
-        index, colon, value = token.partition(":")
-        if not colon:
-            raise _where(path, line, column, f"expected index:value, got {token!r}")
-        try:
-            index = int(index)
-        except ValueError:
-            index = -1
-        if index < least:
-            rule = " (zero_based=False: LIBSVM indices are 1-based)" if least else ""
-            raise _where(path, line, column, f"feature index in {token!r} must be an integer "
-                                             f">= {least}{rule}")
-        if index <= previous:
-            raise _where(path, line, column, f"feature index {index} follows {previous}; "
-                                             "indices must increase along a line")
-        try:
-            row.append((index, float(value)))
-        except ValueError:
-            raise _where(path, line, column, f"value in {token!r} is not a number") from None
-        previous = index
-    return row
-
-
-def _svmlight_width(path, indices, n_features):
-    """n_features, or the number of columns the (0-based) indices use when None."""
-    used = int(indices.max(initial=-1)) + 1
-    if n_features is None:
-        if used == 0:
-            raise ValueError(f"{path}: no feature values in any row")
-        return used
-    least = max(used, 1)
-    if not isinstance(n_features, numbers.Integral) or n_features < least:
-        raise ValueError(f"{path}: n_features must be an int >= {least} (the features the "
-                         f"file uses), got {n_features!r}")
-    return int(n_features)
+    if n_features is None and stats.high < 0:
+        raise ValueError(f"{path}: no feature values in any row")
+    return part.matrix(zero_based, n_features, stats), part.y, None
 
 
 def _check_dense_size(path, n, d, dt, max_bytes):
@@ -801,7 +1044,7 @@ def _load_directory(directory, load_kwargs):
     files = _data_files(directory)
     if not files:
         raise ValueError(f"{directory}: no client files (extensions {', '.join(FORMATS)})")
-    clients = [load(f, **_shared_zero_based(files, load_kwargs)) for f in files]
+    clients = [load(f, **_shared_svmlight_layout(files, load_kwargs)) for f in files]
     for f, (X, _) in zip(files, clients):
         if X.shape[1] != clients[0][0].shape[1]:
             raise ValueError(f"{f}: {X.shape[1]} features, but {files[0].name} has "
@@ -809,13 +1052,19 @@ def _load_directory(directory, load_kwargs):
     return _common_classes(files, clients)
 
 
-def _shared_zero_based(files, load_kwargs):
-    """load_kwargs with zero_based="auto" decided once for all LIBSVM `files`."""
+def _shared_svmlight_layout(files, load_kwargs):
+    """load_kwargs with zero_based="auto" and n_features=None decided once for all
+    LIBSVM `files` (a client file need not use the last features)."""
     svmlight = [f for f in files if FORMATS[_extension(f)[0]] == "svmlight"]
-    if load_kwargs.get("zero_based", "auto") != "auto" or not svmlight:
+    zero_based = load_kwargs.get("zero_based", "auto")
+    if not svmlight or (zero_based != "auto" and load_kwargs.get("n_features") is not None):
         return load_kwargs
-    zero = any((_parse_svmlight(f)[2] == 0).any() for f in svmlight)
-    return {**load_kwargs, "zero_based": zero}
+    stats = [_svmlight_file_stats(f, zero_based) for f in svmlight]
+    if zero_based == "auto":
+        zero_based = any(st.low == 0 for st in stats)
+    width = max(st.high for st in stats) + (zero_based is True)
+    return {**load_kwargs, "zero_based": zero_based,
+            "n_features": load_kwargs.get("n_features") or max(width, 0)}
 
 
 def _common_classes(files, clients):
@@ -849,9 +1098,9 @@ def _client_labels(client, fmt):
     classes = getattr(client, "classes", None)
     if classes is None:
         return np.asarray(y)
-    if fmt == "npy":
+    if fmt in ("npy", "svm"):
         raise ValueError(f"the labels are class names ({', '.join(map(str, classes))}), and "
-                         "npy client files hold numbers only: save as npz")
+                         f"{fmt} client files hold numbers only: save as npz")
     return np.asarray(classes)[np.asarray(y).astype(np.intp)]
 
 
@@ -870,7 +1119,9 @@ def _clear_clients(directory, force):
 
 
 def _write_client(path, X, y):
-    if path.suffix == ".npz":
+    if path.suffix == ".svm":
+        save_svmlight(path, X, y)
+    elif path.suffix == ".npz":
         np.savez(path, X=X, y=y)
     else:
         np.save(path, np.column_stack([X, y]))

@@ -65,6 +65,11 @@ def _total_weight(comm, sw):
 class _CyfedLinear(BaseEstimator):
     """What both estimators share: the communicator, collective validation, the solve."""
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True           # CSR rows go to the sparse kernels as they are
+        return tags
+
     def _comm(self):
         return get_comm() if self.comm is None else self.comm
 
@@ -73,6 +78,7 @@ class _CyfedLinear(BaseEstimator):
         several may hold 0 rows); a bad shard raises the same error on every rank."""
         def local():
             Xv, yv = validate_data(self, X, y, dtype=_DTYPES, y_numeric=y_numeric,
+                                   accept_sparse="csr",
                                    ensure_min_samples=1 if comm.size == 1 else 0)
             if not y_numeric and yv.size:
                 check_classification_targets(yv)
@@ -102,15 +108,16 @@ class _CyfedLinear(BaseEstimator):
     def _decision(self, X):
         """X @ coef_.T + intercept_ for this rank's validated rows: (n, k)."""
         check_is_fitted(self)
-        X = validate_data(self, X, dtype=_DTYPES, reset=False)
-        return X @ np.atleast_2d(self.coef_).T + self.intercept_
+        X = validate_data(self, X, dtype=_DTYPES, accept_sparse="csr", reset=False)
+        return np.asarray(X @ np.atleast_2d(self.coef_).T) + self.intercept_
 
     def _score_rows(self, comm, X, y, sample_weight):
         """Collective: this rank's validated (X, y, weights) to score; X may have 0 rows."""
         check_is_fitted(self)
 
         def local():
-            Xv = validate_data(self, X, dtype=_DTYPES, reset=False, ensure_min_samples=0)
+            Xv = validate_data(self, X, dtype=_DTYPES, accept_sparse="csr", reset=False,
+                               ensure_min_samples=0)
             yv = np.asarray(y)
             if yv.shape != (Xv.shape[0],):
                 raise ValueError(f"y must have shape ({Xv.shape[0]},), got shape {yv.shape}")

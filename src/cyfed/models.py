@@ -15,7 +15,8 @@ and MPI work for any model.  Two implementations:
 `LinearModel(loss, fit_intercept)`
     The compiled squared / logistic / softmax models.  theta = [coef (d, k)
     row-major, intercept (k,)], k = 1 except for softmax.  Sums come from
-    `cyfed._losses`, local training from `cyfed._sgd.train_clients`.
+    `cyfed._losses`, local training from `cyfed._sgd.train_clients` (dense rows) or
+    `cyfed._sparse_sgd.train_clients` (CSR rows).
 `CallableModel(loss_grad, n_params, ...)`
     Any model whose parameters are a flat vector, from plain Python callables
     (a numpy MLP; a PyTorch module through `parameters_to_vector`).  Local
@@ -36,6 +37,7 @@ from cyfed import gradients, hessian
 from cyfed._simd import load
 
 _sgd, _ = load("_sgd")
+_sparse_sgd, _ = load("_sparse_sgd")
 
 # Labels above this are refused before any (d, k) array is allocated.
 MAX_CLASSES = 1 << 20
@@ -324,10 +326,13 @@ class LinearModel(Model):
 
     def train_clients(self, data, offsets, which, client_ids, epochs, theta, corrections,
                       out, losses, steps, sgd):
-        _sgd.train_clients(int(data.kind), data.X, data.y, offsets, which, client_ids, epochs,
-                           theta.astype(data.dtype), corrections, out, losses, steps, self.k,
-                           self.fit_intercept, sgd.batch_size, sgd.max_steps, sgd.lr, sgd.l2,
-                           sgd.mu, sgd.momentum, sgd.seed, sgd.rnd, sgd.n_threads)
+        """`cyfed._sgd.train_clients`, or `cyfed._sparse_sgd.train_clients` (the same
+        steps, touching only the coefficients a batch holds) when data.X is CSR."""
+        kernel = _sparse_sgd if data.sparse else _sgd
+        kernel.train_clients(int(data.kind), *data.x_args, data.y, offsets, which, client_ids,
+                             epochs, theta.astype(data.dtype), corrections, out, losses, steps,
+                             self.k, self.fit_intercept, sgd.batch_size, sgd.max_steps, sgd.lr,
+                             sgd.l2, sgd.mu, sgd.momentum, sgd.seed, sgd.rnd, sgd.n_threads)
 
     def gauge(self, penalised):
         if self.k == 1:

@@ -10,11 +10,13 @@ Both maps are linear: theta = S theta', and a gradient or Hessian-vector product
 in raw coordinates becomes S^T of it.  mu and s are the features' means and
 standard deviations over every rank's rows (unweighted, as scikit-learn's
 StandardScaler; s = 1 for a constant feature).  Without an intercept the features
-are only scaled (mu = 0 in the maps), which also keeps sparse data sparse.
+are only scaled (mu = 0 in the maps).  Either way the kernels see the raw rows,
+so CSR data stays sparse.
 """
 import copy
 
 import numpy as np
+from scipy import sparse
 
 from cyfed.models import LinearModel, row_curvature
 
@@ -24,21 +26,35 @@ CHUNK = 1 << 14
 
 def feature_moments(comm, X, center):
     """Collective: (mu, s) of the columns of every rank's X, float64 (mu = 0 unless
-    center; s is the standard deviation either way, as StandardScaler(with_mean=False));
-    two passes over the local rows (mean, then squared deviations), one Allreduce each."""
+    center; s is the standard deviation either way, as StandardScaler(with_mean=False)).
+
+    Dense X: two passes over the local rows (mean, then squared deviations), one
+    Allreduce each.  CSR X: the same two passes over the nonzeros only, a column's
+    zeros adding (n - nnz_j) mu_j^2 (centring is folded into the intercept, so X
+    stays sparse).
+    """
     d = X.shape[1]
     first = np.zeros(d + 1)
-    for start in range(0, X.shape[0], CHUNK):
-        first[:d] += X[start:start + CHUNK].sum(axis=0, dtype=np.float64)
+    if sparse.issparse(X):
+        first[:d] = np.asarray(X.sum(axis=0, dtype=np.float64)).ravel()
+    else:
+        for start in range(0, X.shape[0], CHUNK):
+            first[:d] += X[start:start + CHUNK].sum(axis=0, dtype=np.float64)
     first[d] = X.shape[0]
     comm.allreduce_sum(first)
     n = first[d]
     mu = first[:d] / n if n > 0 else np.zeros(d)
-    second = np.zeros(d)
-    for start in range(0, X.shape[0], CHUNK):
-        second += ((X[start:start + CHUNK] - mu) ** 2).sum(axis=0, dtype=np.float64)
+    if sparse.issparse(X):      # the zeros of column j add (n_local - nnz_j) mu_j^2
+        nnz = np.bincount(X.indices, minlength=d)
+        second = np.bincount(X.indices, weights=np.square(X.data - mu[X.indices]), minlength=d)
+        second += (X.shape[0] - nnz) * mu ** 2
+    else:
+        second = np.zeros(d)
+        for start in range(0, X.shape[0], CHUNK):
+            second += ((X[start:start + CHUNK] - mu) ** 2).sum(axis=0, dtype=np.float64)
     comm.allreduce_sum(second)
-    s = np.sqrt(second / n) if n > 0 else np.ones(d)
+    variance = second / n if n > 0 else np.ones(d)
+    s = np.sqrt(variance)
     s[~(s > 0)] = 1.0
     return (mu if center else np.zeros(d)), s
 

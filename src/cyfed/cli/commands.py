@@ -302,8 +302,9 @@ def _add_partition(sub):
     p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default: 0)")
     _data_options(p)
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="directory to write")
-    p.add_argument("--format", choices=("npz", "npy"), default="npz",
-                   help="client file format (default: %(default)s)")
+    p.add_argument("--format", choices=("npz", "npy", "svm"),
+                   help="client file format (default: svm for LIBSVM data, which stays "
+                   "sparse, else npz)")
     p.add_argument("--force", action="store_true", help="replace DIR's earlier client files")
     p.set_defaults(run=functools.partial(_run, "partition", partition))
 

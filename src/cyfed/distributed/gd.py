@@ -374,7 +374,7 @@ class DistributedGD(ParamsMixin):
         comm = self.comm if self.comm is not None else get_comm()
 
         def local_predictions():
-            Xc = check.matrix(X, "X", allow_empty=True)
+            Xc = (check.csr if check.is_sparse(X) else check.matrix)(X, "X", allow_empty=True)
             yc = check.vector(y, "y", Xc.shape[0], np.float64)
             pred = self.predict(Xc).astype(np.float64) if Xc.shape[0] else np.empty(0)
             return yc, pred
