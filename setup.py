@@ -40,7 +40,7 @@ if ONLY:
     PLAIN_MODULES = [m for m in PLAIN_MODULES if m in ONLY]
 # C headers the kernels include (a change to one rebuilds them).
 HEADERS = [os.path.join(SRC, h) for h in ("_vector_math.h", "_loss_ops.h", "_aggregate_ops.h",
-                                         "_hessian_ops.h", "_vector_math.pxd")]
+                                         "_hessian_ops.h", "_vector_math.pxd", "_shuffle.pxd")]
 # Name suffix -> alternative flag sets (the first one the compiler accepts wins).
 SIMD_LEVELS = {
     "_x86_64_v3": [["-march=x86-64-v3"],

@@ -21,44 +21,9 @@ from cyfed._vector_math cimport (KIND_SOFTMAX, axpy8, cyfed_prefetch_l2, cyfed_t
                                  dot8, gemv4, gemv4_vec, ger4, ger4_vec, link,
                                  CYFED_SOFTMAX_WORK, sgd_step, softmax_lanes, softmax_vectors,
                                  sum_rows)
+from cyfed._shuffle cimport shuffle, stream_seed
 
 import numpy as np
-
-# -- seeded shuffles (splitmix64; Steele, Lea & Flood 2014) ---------------------------
-
-cdef inline uint64_t splitmix64(uint64_t *state) noexcept nogil:
-    cdef uint64_t z
-    state[0] += <uint64_t>0x9E3779B97F4A7C15
-    z = state[0]
-    z = (z ^ (z >> 30)) * <uint64_t>0xBF58476D1CE4E5B9
-    z = (z ^ (z >> 27)) * <uint64_t>0x94D049BB133111EB
-    return z ^ (z >> 31)
-
-
-cdef inline uint64_t stream_seed(uint64_t seed, uint64_t rnd, uint64_t client,
-                                 uint64_t epoch) noexcept nogil:
-    """A generator state that depends on (seed, round, client, epoch) only."""
-    cdef uint64_t s = seed
-    cdef uint64_t h = splitmix64(&s)
-    s = h ^ rnd
-    h = splitmix64(&s)
-    s = h ^ client
-    h = splitmix64(&s)
-    s = h ^ epoch
-    return splitmix64(&s)
-
-
-cdef void shuffle(Py_ssize_t *perm, Py_ssize_t n, uint64_t state) noexcept nogil:
-    """Fisher-Yates with a multiply-shift bounded draw (bias below n / 2^32)."""
-    cdef Py_ssize_t i, j, tmp
-    for i in range(n):
-        perm[i] = i
-    for i in range(n - 1, 0, -1):
-        j = <Py_ssize_t>(((splitmix64(&state) >> 32) * <uint64_t>(i + 1)) >> 32)
-        tmp = perm[i]
-        perm[i] = perm[j]
-        perm[j] = tmp
-
 
 def shuffled(Py_ssize_t n, uint64_t seed, uint64_t rnd, uint64_t client, uint64_t epoch):
     """The permutation of range(n) that client `client` uses in (round, epoch) (for tests)."""

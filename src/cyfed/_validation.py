@@ -31,6 +31,8 @@ def matrix(a, name, *, allow_empty=False):
     if arr.shape[1] == 0 or (arr.shape[0] == 0 and not allow_empty):
         raise ValueError(f"{name} must have at least one row and one column, "
                          f"got shape {arr.shape}")
+    if arr.flags.c_contiguous and arr.flags.aligned:
+        return arr
     return np.require(arr, requirements=("C", "A"))
 
 

@@ -248,6 +248,10 @@ class DistributedGD(ParamsMixin):
         parameters of another model).  `callback(record)` runs on every rank after
         each history record.
         """
+        with training.single_threaded_blas():
+            return self._fit(X, y, sample_weight, coef_init, intercept_init, callback)
+
+    def _fit(self, X, y, sample_weight, coef_init, intercept_init, callback):
         run = self._setup(training.communicator(self.comm), X, y, sample_weight, callback)
         theta = on_every_rank(run.comm, lambda: run.model.start(coef_init, intercept_init))
         velocity = np.zeros(run.model.n_params)

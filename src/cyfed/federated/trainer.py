@@ -289,6 +289,10 @@ class FederatedTrainer(ParamsMixin):
         """Train on `clients`: a sequence of (X_k, y_k) for all ids, or this rank's
         {id: (X_k, y_k)}; `test` = (X, y) evaluated on rank 0 after every round;
         `callback(record)` runs on every rank after each round (and its checkpoint)."""
+        with training.single_threaded_blas():
+            return self._fit(clients, test, callback)
+
+    def _fit(self, clients, test, callback):
         self.setup(clients)
         run = self._run
         start = self._restore() if self.resume and run.checkpoints is not None else 0
