@@ -195,3 +195,29 @@ def test_a_long_run_writes_the_same_bytes_per_step(tmp_path):
         assert len(lines) == steps and max(map(len, lines)) < 1.5 * min(map(len, lines))
     per_step = [(written[500] - written[250]) / 250, (written[1000] - written[500]) / 500]
     assert 0.8 < per_step[1] / per_step[0] < 1.25 and per_step[1] < 4096, written
+
+
+def test_a_federated_run_on_one_csv_splits_it_out_of_the_box(tmp_path):
+    """Issue 17's row: a federated run on one CSV needed two --set flags, and a
+    Dirichlet split could not lower min_size.  Now: 10 IID clients by default (said on
+    stderr), and --clients/--partition/--alpha/--min-size (or [data] min_size)."""
+    csv_data(tmp_path, n=400)
+    base = ("train", "--mode", "federated", "--loss", "logistic", "--data",
+            tmp_path / "data.csv", "--quiet", "--set", "trainer.rounds=2")
+    proc = cyfed_cli(*base, "-o", tmp_path / "a.npz")
+    assert proc.returncode == 0, proc.stderr
+    assert "10 IID clients" in proc.stderr
+    history = [json.loads(line) for line in (tmp_path / "a.history.jsonl").read_text().splitlines()]
+    assert len(history) == 2
+    proc = cyfed_cli(*base, "-o", tmp_path / "b.npz", "--clients", "8", "--partition",
+                     "dirichlet", "--alpha", "0.3", "--min-size", "4")
+    assert proc.returncode == 0, proc.stderr
+    assert "IID" not in proc.stderr
+    proc = cyfed_cli(*base, "-o", tmp_path / "c.npz", "--clients", "8", "--partition",
+                     "dirichlet", "--set", "data.min_size=4")
+    assert proc.returncode == 0, proc.stderr
+    proc = cyfed_cli(*base, "-o", tmp_path / "d.npz", "--clients", "100", "--partition",
+                     "dirichlet")
+    assert proc.returncode == 2
+    assert cyfed_lines(proc.stderr) == [
+        "cyfed train: 400 rows cannot give 100 clients at least 10 row(s) each"]

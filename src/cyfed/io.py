@@ -56,12 +56,15 @@ COMPRESSIONS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 MISSING_MARKERS = frozenset({"", "NA", "N/A", "n/a", "#N/A", "#NA", "<NA>", "NULL", "null",
                              "NaN", "-NaN", "nan", "-nan", "None"})
 MISSING = (None, "drop", "mean")
+# name -> f(y, n_clients, seed, alpha, sizes): the partitioners of cyfed.data, `sizes`
+# the min_size keyword where the partitioner has one ({} keeps its default).
 PARTITIONS = {
-    "iid": lambda y, n_clients, seed, alpha: iid(y.size, n_clients, seed=seed),
-    "dirichlet": lambda y, n_clients, seed, alpha: dirichlet(y, n_clients, alpha, seed=seed),
-    "shards": lambda y, n_clients, seed, alpha: shards(y, n_clients, seed=seed),
-    "quantity": lambda y, n_clients, seed, alpha: quantity_skew(y.size, n_clients,
-                                                                alpha=alpha, seed=seed),
+    "iid": lambda y, n_clients, seed, alpha, sizes: iid(y.size, n_clients, seed=seed),
+    "dirichlet": lambda y, n_clients, seed, alpha, sizes: dirichlet(y, n_clients, alpha,
+                                                                    seed=seed, **sizes),
+    "shards": lambda y, n_clients, seed, alpha, sizes: shards(y, n_clients, seed=seed),
+    "quantity": lambda y, n_clients, seed, alpha, sizes: quantity_skew(
+        y.size, n_clients, alpha=alpha, seed=seed, **sizes),
 }
 SKLEARN_BUILTINS = ("iris", "digits", "wine", "breast_cancer", "diabetes")
 FEDERATED_BUILTINS = ("seed-clients", "fedprox-synthetic")
@@ -198,7 +201,8 @@ def load_xy(x_path, y_path, *, dtype="float64", rank=0, size=1):
     return _finish(x_path, X, y, dt)
 
 
-def load_clients(path, *, partition=None, n_clients=None, seed=0, alpha=0.5, **load_kwargs):
+def load_clients(path, *, partition=None, n_clients=None, seed=0, alpha=0.5, min_size=None,
+                 **load_kwargs):
     """Federated clients as a list of LabeledData (X_k, y_k).
 
     A directory gives one client per data file in it (sorted by name, any
@@ -207,8 +211,9 @@ def load_clients(path, *, partition=None, n_clients=None, seed=0, alpha=0.5, **l
     zero_based="auto" are all 0-based when any one of them uses index 0.  A
     single file is split by `partition` ("iid", "dirichlet", "shards" or
     "quantity", the partitioners of `cyfed.data`, with `seed`; `alpha` is the
-    Dirichlet concentration of "dirichlet" and "quantity") into `n_clients`
-    clients.  `load_kwargs` go to `load`; clients are loaded whole, so `rank`
+    Dirichlet concentration of "dirichlet" and "quantity", `min_size` their
+    smallest client (None: the partitioner's default)) into `n_clients`
+    clients (`split_clients`).  `load_kwargs` go to `load`; clients are loaded whole, so `rank`
     and `size` are not accepted.
     """
     if {"rank", "size"} & load_kwargs.keys():
@@ -223,7 +228,8 @@ def load_clients(path, *, partition=None, n_clients=None, seed=0, alpha=0.5, **l
     if partition is None:
         raise ValueError(f"{path} is one file: pass partition= and n_clients= to split it "
                          "into clients, or give a directory of per-client files")
-    return _load_partitioned(path, partition, n_clients, seed, alpha, load_kwargs)
+    return split_clients(load(path, **load_kwargs), partition, n_clients, seed=seed,
+                         alpha=alpha, min_size=min_size)
 
 
 def save_clients(clients, directory, fmt=None, *, force=False):
@@ -1080,16 +1086,18 @@ def _common_classes(files, clients):
     return [relabel(client, classes) for client in clients]
 
 
-def _load_partitioned(path, partition, n_clients, seed, alpha, load_kwargs):
-    """One file's rows split into n_clients clients by a partitioner."""
+def split_clients(data, partition, n_clients, *, seed=0, alpha=0.5, min_size=None):
+    """The rows of `data` (LabeledData or (X, y)) as n_clients clients (LabeledData) by
+    the partitioner `partition` of PARTITIONS."""
     if partition not in PARTITIONS:
         raise ValueError(f"unknown partition {partition!r}; choose from {', '.join(PARTITIONS)}")
     if n_clients is None:
         raise ValueError(f"partition={partition!r} needs n_clients")
-    data = load(path, **load_kwargs)
     X, y = data
-    return [LabeledData(X[rows], y[rows], data.classes)
-            for rows in PARTITIONS[partition](y, n_clients, seed, alpha)]
+    classes = getattr(data, "classes", None)
+    sizes = {} if min_size is None else {"min_size": min_size}
+    return [LabeledData(X[rows], y[rows], classes)
+            for rows in PARTITIONS[partition](y, n_clients, seed, alpha, sizes)]
 
 
 def _client_labels(client, fmt):

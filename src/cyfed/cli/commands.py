@@ -111,7 +111,8 @@ def partition(args, comm):
     does the work; under mpiexec the other ranks wait for it)."""
     def split():
         clients = io.load_clients(args.data, partition=args.method, n_clients=args.clients,
-                                  seed=args.seed, alpha=args.alpha, **_load_kwargs(args))
+                                  seed=args.seed, alpha=args.alpha, min_size=args.min_size,
+                                  **_load_kwargs(args))
         try:
             io.save_clients(clients, args.output, args.format, force=args.force)
         except FileExistsError as exc:    # io names the keyword argument, not the option
@@ -299,6 +300,8 @@ def _add_partition(sub):
                    help="partitioner of cyfed.data (quantity: sizes ~ Dirichlet(alpha))")
     p.add_argument("--alpha", type=float, default=0.5, metavar="A",
                    help="Dirichlet concentration of dirichlet/quantity (default: %(default)s)")
+    p.add_argument("--min-size", type=int, metavar="M",
+                   help="smallest client of dirichlet (default 10) / quantity (default 1)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default: 0)")
     _data_options(p)
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="directory to write")

@@ -12,6 +12,7 @@ Layout (every table optional except what the mode needs)::
     partition = "dirichlet"          # federated, one file: iid | dirichlet | shards | quantity
     n_clients = 100
     alpha = 0.5
+    min_size = 10                    # smallest client of dirichlet (default 10) / quantity
     test = "test.csv"                # held-out data evaluated every round (optional)
     test_fraction = 0.2              # or: hold out this share of each client (builtins)
     [trainer]                        # FederatedTrainer / DistributedGD keyword arguments
@@ -63,7 +64,8 @@ TOP = {"mode", "loss", "data", "trainer", "strategy", "attack", "privacy", "secu
 SEARCH = {"param_grid", "cv", "shuffle", "seed"}
 COMPRESSION = {"uplink", "error_feedback", "downlink"}
 DATA = {"path", "builtin", "label", "dtype", "delimiter", "header", "missing", "zero_based",
-        "partition", "n_clients", "alpha", "seed", "test", "test_fraction", "max_bytes"}
+        "partition", "n_clients", "alpha", "min_size", "seed", "test", "test_fraction",
+        "max_bytes"}
 OUTPUT = {"model", "checkpoint_every", "checkpoint_seconds"}
 MAX_INFERRED_CLASSES = 20           # integer labels with more distinct values: regression
 NOT_FROM_CONFIG = {"comm", "checkpoint", "resume", "attack", "strategy", "loss", "privacy",

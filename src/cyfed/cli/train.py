@@ -60,6 +60,17 @@ def register(sub):
                    help="data file or directory of client files ([data] path)")
     p.add_argument("--label", metavar="COLUMN",
                    help="label column: index or name (default: the last column)")
+    p.add_argument("--clients", type=int, metavar="N",
+                   help=f"federated, one data file: split it into N clients ([data] n_clients; "
+                   f"default {DEFAULT_CLIENTS})")
+    p.add_argument("--partition", choices=tuple(io.PARTITIONS),
+                   help="federated, one data file: how rows go to clients (default: iid)")
+    p.add_argument("--alpha", type=float, metavar="A",
+                   help="Dirichlet concentration of --partition dirichlet/quantity "
+                   "(default 0.5)")
+    p.add_argument("--min-size", type=int, metavar="M",
+                   help="smallest client of --partition dirichlet (default 10) / quantity "
+                   "(default 1)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value (TOML syntax), e.g. --set trainer.lr=0.1")
     p.add_argument("-o", "--out", metavar="MODEL.npz",
@@ -85,7 +96,10 @@ def _flag_overrides(args):
         label = json.dumps(label)
     pairs = [("mode", args.mode and json.dumps(args.mode)),
              ("loss", args.loss and json.dumps(args.loss)),
-             ("data.path", args.data and json.dumps(args.data)), ("data.label", label)]
+             ("data.path", args.data and json.dumps(args.data)), ("data.label", label),
+             ("data.partition", args.partition and json.dumps(args.partition)),
+             ("data.n_clients", args.clients), ("data.alpha", args.alpha),
+             ("data.min_size", args.min_size)]
     return [f"{key}={value}" for key, value in pairs if value is not None]
 
 
@@ -103,6 +117,8 @@ def _outputs(args, config):
 
 
 LOAD_OPTIONS = ("label", "delimiter", "header", "missing", "zero_based", "max_bytes")
+#: Clients a federated run splits one data file into when [data] n_clients is not set.
+DEFAULT_CLIENTS = 10
 
 
 def _arrays(data):
@@ -114,7 +130,9 @@ def _arrays(data):
 
 
 def _clients(data):
-    """(clients, test, class names or None) for a federated run."""
+    """(clients, test, class names or None, the note of a default split or None) for a
+    federated run; one file without a partition is split into DEFAULT_CLIENTS IID clients."""
+    note = None
     dtype, seed = data.get("dtype", "float64"), data.get("seed", 0)
     if data.get("builtin") in io.FEDERATED_BUILTINS:
         clients = io.builtin(data["builtin"], dtype=dtype, seed=seed)
@@ -122,13 +140,13 @@ def _clients(data):
         clients = io.load_clients(data["path"], dtype=dtype,
                                   **{k: data[k] for k in LOAD_OPTIONS if k in data})
     else:
-        if "partition" not in data or "n_clients" not in data:
-            raise cfg.ConfigError("[data] of one file or array dataset needs partition = ... "
-                                  "and n_clients = ... for a federated run")
-        full = _arrays(data)
-        split = io.PARTITIONS[data["partition"]](full.y, data["n_clients"], seed,
-                                                 data.get("alpha", 0.5))
-        clients = [io.LabeledData(full.X[rows], full.y[rows], full.classes) for rows in split]
+        if "partition" not in data and "n_clients" not in data:
+            note = (f"federated on one data set: {DEFAULT_CLIENTS} IID clients (choose with "
+                    "--clients N --partition iid|dirichlet|shards|quantity)")
+        clients = io.split_clients(_arrays(data), data.get("partition", "iid"),
+                                   data.get("n_clients", DEFAULT_CLIENTS),
+                                   seed=seed, alpha=data.get("alpha", 0.5),
+                                   min_size=data.get("min_size"))
     classes = clients[0].classes if clients else None
     test = None
     if "test" in data:
@@ -137,7 +155,7 @@ def _clients(data):
             test = io.relabel(test, classes, "the training data")
     elif "test_fraction" in data:
         clients, test = split_devices(clients, data["test_fraction"], seed=seed)
-    return clients, test, classes
+    return clients, test, classes, note
 
 
 def _checkpoint_every(config):
@@ -191,8 +209,9 @@ def _setup(args, comm):
     labels (or None), the trainer and the note of an inferred loss (or None)."""
     config = cfg.load(args.config, _flag_overrides(args) + args.set)
     out = _outputs(args, config)
+    split_note = None
     if config["mode"] == "federated":
-        clients, test, classes = _clients(config["data"])
+        clients, test, classes, split_note = _clients(config["data"])
         data = (clients, test)
         labels = np.concatenate([y for _, y in clients]) if clients else np.zeros(0)
     else:
@@ -200,7 +219,7 @@ def _setup(args, comm):
         classes, labels = full.classes, full.y
         part = shard_rows(len(labels), comm.rank, comm.size)
         data = (full.X[part], labels[part])
-    note = _infer_loss(config, labels, classes)
+    note = "; ".join(n for n in (split_note, _infer_loss(config, labels, classes)) if n)
     return Setup(config, out, data, classes, _trainer(config, comm, out, args.resume), note)
 
 
