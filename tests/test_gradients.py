@@ -778,3 +778,32 @@ def test_blas_dispatch_defaults():
         assert not kernels.uses_blas(lg, 10_000, 100, 1, itemsize, clipping=True)
     assert kernels.uses_blas(sm, 10_000, 100, 10, 4) == (not avx512)
     assert not kernels.uses_blas(sm, 10_000, 100, 10, 8)
+
+
+@pytest.mark.parametrize("loss", ["squared", "logistic"])
+@pytest.mark.parametrize("intercept", [None, 0.3, np.float32(0.3)])
+def test_the_plain_call_agrees_with_the_general_path(loss, intercept, dtype, rtol):
+    """The common call (ready arrays, l2 = 0, no weights or rows) skips the general
+    validation; the general path (an integer l2 = 0 takes it) gives the same result,
+    and bad labels or NaN are still named."""
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((300, 7)).astype(dtype)
+    y = (rng.random(300) < 0.5).astype(dtype)
+    coef = rng.standard_normal(7).astype(dtype)
+    plain = cyfed.loss_grad(loss, X, y, coef, intercept)
+    general = cyfed.loss_grad(loss, X, y, coef, intercept, l2=0)
+    assert plain[0] == pytest.approx(general[0], rel=rtol)
+    np.testing.assert_allclose(plain[1], general[1], rtol=rtol, atol=rtol)
+    assert plain[1].dtype == dtype and plain[1].shape == (7,)
+    assert (plain[2] is None) == (intercept is None)
+    if intercept is not None:
+        assert plain[2].dtype == dtype
+        assert plain[2] == pytest.approx(general[2], rel=rtol, abs=rtol)
+    if loss == "logistic":
+        y[5] = 2
+        with pytest.raises(ValueError, match=r"y\[5\] = 2"):
+            cyfed.loss_grad(loss, X, y, coef, intercept)
+    X[4, 1] = np.nan
+    with pytest.raises(ValueError, match="X contains NaN"):
+        cyfed.loss_grad(loss, X, y if loss == "squared" else (y > 1).astype(dtype), coef,
+                        intercept)
